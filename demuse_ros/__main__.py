@@ -1,0 +1,7 @@
+"""``python -m demuse_ros`` is the ``demuse`` command."""
+
+import sys
+
+from demuse_ros.cli import main
+
+sys.exit(main())

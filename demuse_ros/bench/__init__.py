@@ -1,0 +1,1 @@
+"""Benchmarks behind ``demuse bench``: they print numbers and ratios measured in one run."""

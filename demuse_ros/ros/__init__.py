@@ -1,0 +1,4 @@
+"""ROS 2 adapters (the only package that imports rclpy).
+
+Nodes here stay thin: declare parameters, build core objects, wire topics, spin.
+"""

@@ -1,0 +1,67 @@
+"""Build script shared by colcon (ament_python) and plain pip.
+
+Extras (see README "Install"):
+  sim       the simulated workcell and the real device client libraries it serves
+  test      pytest, hypothesis, ruff
+  gpu       CUDA inference through onnxruntime-gpu (install a CUDA torch build yourself)
+  tensorrt  native TensorRT 10 engines (needs NVIDIA's index and a GPU)
+
+torch is pinned to 2.13.0. On Linux, PyPI's default torch wheel brings CUDA
+packages; CPU-only users install it first from PyTorch's CPU index (the Makefile
+does this through TORCH_INDEX_URL) and pip then keeps that build.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "demuse_ros"
+
+install_requires = [
+    "numpy>=1.24",
+    "scipy>=1.10",
+    "PyYAML>=6.0",
+]
+
+extras_require = {
+    "sim": [
+        "mujoco>=3.2",
+        "ur-rtde==1.6.5",
+        "pymodbus==3.16.1",
+        "pyrealsense2==2.59.1.11053",
+    ],
+    "test": [
+        "pytest>=8",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+    ],
+    "gpu": [
+        "onnxruntime-gpu>=1.20",
+    ],
+    "tensorrt": [
+        "tensorrt>=10,<11",
+    ],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Real-time DeMUSE diffusion-policy runtime for a UR10 + RG2-FT + D435i cell",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+    ],
+    install_requires=install_requires,
+    extras_require=extras_require,
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "demuse = demuse_ros.cli:main",
+        ],
+    },
+)
