@@ -130,11 +130,11 @@ class URKinematics:
         """Geometric Jacobian (6×6) of the TCP: rows vx, vy, vz, wx, wy, wz in the base frame."""
         frames = self.frames(q)
         p_tcp = (frames[-1] @ self._T_tcp)[:3, 3]
+        axes = np.array([T[:3, 2] for T in frames[:6]])  # (6, 3) joint axes z_0..z_5
+        origins = np.array([T[:3, 3] for T in frames[:6]])  # (6, 3)
         J = np.empty((6, 6))
-        for i in range(6):
-            z = frames[i][:3, 2]
-            J[:3, i] = np.cross(z, p_tcp - frames[i][:3, 3])
-            J[3:, i] = z
+        J[:3] = np.cross(axes, p_tcp - origins).T
+        J[3:] = axes.T
         return J
 
     def ik(
