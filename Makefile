@@ -1,6 +1,6 @@
 # Two entry points, both for a fresh Debian/Ubuntu machine (see README "Quick start"):
 #   make demo   install, then run the main job on the simulated cell
-#   make test   install with test extras, then lint and run the whole test suite
+#   make test   install with the sim and test extras, then lint and run the whole test suite
 # Both install what they need: Debian packages (via apt-get, with sudo when not
 # root) and a virtual environment in $(VENV).
 
@@ -27,11 +27,11 @@ venv: system-deps
 	@$(PIP) --upgrade pip setuptools wheel
 
 demo: venv
-	$(PIP) -e .
-	$(VENV)/bin/demuse bench sync --seconds 10
+	$(PIP) -e '.[sim]'
+	$(VENV)/bin/demuse bench twin --seconds 5 --episodes 5
 
 test: venv
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[sim,test]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from demuse_ros import __version__
+from demuse_ros.timing.loop import PeriodicLoop
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -25,9 +26,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _jsonable(value: Any) -> Any:
+    """NaN/Inf → None (JSON has no NaN), numpy scalars → Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_jsonable(value), allow_nan=False)
+
+
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=None, sort_keys=False))
+        print(_dumps(result))
         return
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -36,6 +54,113 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
         elif isinstance(value, dict):
             value = json.dumps(value)
         print(f"{key:<{width}}  {value}")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` → ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(
+                f"demuse: --set needs KEY=VALUE (e.g. --set task.hold_s=1.0), got {item!r}"
+            )
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load_sim_config(args: argparse.Namespace) -> Any:
+    from demuse_ros.config import load_config
+    from demuse_ros.paths import find_config
+    from demuse_ros.twin.interface import PERSONALITIES
+    from demuse_ros.twin.runner import SimConfig
+
+    overrides = _parse_overrides(args.set or [])
+    if args.personality:
+        overrides["controller.personality"] = args.personality
+        overrides["plant.arm_model"] = PERSONALITIES[args.personality].arm_model
+    if args.host:
+        overrides["ur_servers.host"] = args.host
+        overrides["modbus.host"] = args.host
+    path = args.config or find_config("sim.yaml")
+    return load_config(path, SimConfig, "sim_node", overrides=overrides)
+
+
+def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="sim parameter file (default: the shipped config/sim.yaml)")
+    p.add_argument(
+        "--personality",
+        choices=("cb3", "e-series"),
+        help="UR controller: cb3 (UR10, 125 Hz) or e-series (UR10e, 500 Hz)",
+    )
+    p.add_argument(
+        "--host", help="loopback address to serve on (127.0.0.x; several twins need one each)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set task.target_force_n=8 (repeatable)",
+    )
+
+
+# ---------------------------------------------------------------------- sim
+def _sim(args: argparse.Namespace) -> int:
+    import time
+
+    from demuse_ros.config import to_dict
+    from demuse_ros.twin.runner import RealtimeTwin
+
+    config = _load_sim_config(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump({"sim_node": {"ros__parameters": to_dict(config)}}, sort_keys=False))
+        return 0
+    log = logging.getLogger("demuse.sim")
+    with RealtimeTwin(config) as twin:
+        print(_dumps({"endpoints": twin.endpoints()}), flush=True)
+        end = time.monotonic() + args.seconds if args.seconds else math.inf
+        tick = PeriodicLoop(1.0 / args.report_s if args.report_s > 0 else 10.0)
+        try:
+            while time.monotonic() < end:
+                tick.wait()
+                if args.report_s <= 0:
+                    continue
+                st = twin.stats()
+                log.info(
+                    "rtf %.3f  control %.1f Hz (p99 %.2f ms, %d overruns)  frames %d (%.1f ms)  "
+                    "task %s",
+                    st["realtime_factor"],
+                    st["control_rate_hz"],
+                    st["control_period_ms_p99"],
+                    st["control_overruns"],
+                    st["frames_rendered"],
+                    st["render_ms_mean"],
+                    st["task"]["reason"] or "running",
+                )
+        except KeyboardInterrupt:
+            log.info("stopping the twin")
+        if args.json:
+            print(_dumps({"stats": twin.stats()}), flush=True)
+    return 0
+
+
+def _add_sim(p: argparse.ArgumentParser) -> None:
+    _add_sim_config_args(p)
+    p.add_argument(
+        "--seconds", type=_positive_float, help="stop after this long (default: until Ctrl-C)"
+    )
+    p.add_argument(
+        "--report-s", type=float, default=2.0, help="log a status line this often (0: never)"
+    )
+    p.add_argument("--json", action="store_true", help="print final statistics as JSON")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved parameters and exit"
+    )
+    p.set_defaults(handler=_sim)
 
 
 # ---------------------------------------------------------------------- bench
@@ -58,12 +183,44 @@ def _add_bench_sync(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=480, help="camera height in pixels (default 480)")
 
 
+def _bench_twin(args: argparse.Namespace) -> int:
+    from demuse_ros.bench import twin_bench
+
+    config = _load_sim_config(args)
+    result = twin_bench.run(
+        args.seconds, args.episodes, config=config, host=args.host or "127.0.0.77"
+    )
+    _print_result(result, args.json)
+    return 0
+
+
+def _add_bench_twin(p: argparse.ArgumentParser) -> None:
+    _add_sim_config_args(p)
+    p.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=5.0,
+        help="real-time part: how long the RTDE stream is measured (default 5)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=20,
+        help="lockstep part: scripted-expert episodes (default 20)",
+    )
+
+
 #: bench name -> (help, add arguments, handler)
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "sync": (
         "synchronizer tick and shared-memory frame write with live writers at real rates",
         _add_bench_sync,
         _bench_sync,
+    ),
+    "twin": (
+        "simulated workcell: real-time factor, RTDE rate, render cost, expert success",
+        _add_bench_twin,
+        _bench_twin,
     ),
 }
 
@@ -79,6 +236,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 #: command name -> (help, add arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "sim": ("run the simulated workcell (twin) and serve RTDE, Modbus and camera frames", _add_sim),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
 }
 

@@ -15,6 +15,7 @@ this module reads it the way ROS 2 does, without rclpy:
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -265,7 +266,12 @@ def _merge(
 
 
 def load_config(
-    path: str | os.PathLike[str], cls: type[T], node_name: str, *, section: str | None = None
+    path: str | os.PathLike[str],
+    cls: type[T],
+    node_name: str,
+    *,
+    section: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> T:
     """Loads config class ``cls`` from a node's parameters in a ROS 2 parameter file.
 
@@ -275,6 +281,8 @@ def load_config(
         node_name: Node whose section(s) to use, see :func:`node_parameters`.
         section: Optional dotted group inside the node's parameters (e.g. ``"sync"``);
             a missing group means all defaults.
+        overrides: Dotted keys (relative to ``section``) replacing the file's values,
+            e.g. from a command line; validated like the file.
 
     Returns:
         The validated config. Without ``section``, ROS's own per-node parameters
@@ -300,4 +308,16 @@ def load_config(
     else:
         own = set(getattr(cls, "__dataclass_fields__", {}))
         values = {k: v for k, v in values.items() if k not in ROS_BUILTIN_PARAMETERS or k in own}
+    if overrides:
+        values = copy.deepcopy(dict(values))
+        for key, value in overrides.items():
+            *groups, leaf = key.split(".")
+            node = values
+            for group in groups:
+                child = node.get(group)
+                if not isinstance(child, Mapping):
+                    child = node[group] = {}
+                node = child  # type: ignore[assignment]
+            node[leaf] = value
+        source += " (with overrides)"
     return from_dict(cls, values, source=source, prefix=prefix)
