@@ -8,7 +8,9 @@ from demuse_ros.kinematics.ur import (
     URKinematics,
     URModel,
     matrix_to_pose,
+    matrix_to_rotvec,
     pose_to_matrix,
+    rotvec_to_matrix,
 )
 
 __all__ = [
@@ -19,5 +21,7 @@ __all__ = [
     "URKinematics",
     "URModel",
     "matrix_to_pose",
+    "matrix_to_rotvec",
     "pose_to_matrix",
+    "rotvec_to_matrix",
 ]

@@ -67,9 +67,9 @@ from typing import Any
 import numpy as np
 
 from demuse_ros.config import param, validate_fields
-from demuse_ros.kinematics import MODELS, IKError
+from demuse_ros.kinematics import MODELS, IKError, URKinematics
 from demuse_ros.twin.interface import PERSONALITIES, Personality, Plant
-from demuse_ros.twin.ur_motion import FastKinematics, Motion, StopJoint
+from demuse_ros.twin.ur_motion import Motion, StopJoint
 from demuse_ros.twin.ur_rtde_protocol import (
     INPUT_SLOTS,
     OUTPUT_DEFAULTS,
@@ -157,7 +157,7 @@ class URController(ControlScriptEmulation):
         self.config = config or URControllerConfig()
         self.personality = personality or PERSONALITIES[self.config.personality]
         self.period_s = self.personality.control_period_s
-        self.kin = FastKinematics(MODELS[self.personality.arm_model])
+        self.kin = URKinematics(MODELS[self.personality.arm_model])
         self.on_zero_ft_sensor = on_zero_ft_sensor
         self._plant = plant
         self._lock = threading.Lock()

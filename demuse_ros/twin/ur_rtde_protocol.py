@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demuse_ros.kinematics import IKError, matrix_to_pose, pose_to_matrix
+from demuse_ros.kinematics import IKError, URKinematics, matrix_to_pose, pose_to_matrix
 from demuse_ros.twin.ur_motion import (
-    FastKinematics,
     JointMove,
     LinearMove,
     ServoTracker,
@@ -506,7 +505,7 @@ class ControlScriptEmulation:
             if cmd == 43:
                 self._result(kin.fk(self._actual_q))
             else:
-                self._result(FastKinematics(kin.model, self._vec(6)).fk(self._vec(0)))
+                self._result(URKinematics(kin.model, self._vec(6)).fk(self._vec(0)))
         elif cmd == 47:
             speed = max(float(np.max(np.abs(self._actual_qd))), float(np.max(np.abs(self._qd))))
             self._flag_result(speed < self.config.steady_speed_rad_s and self._motion is None)
