@@ -1,0 +1,1 @@
+"""Device drivers: one process owns each device, writes stamped records into a ring buffer."""
