@@ -180,7 +180,7 @@ def test_state_tracking_watchdog_and_rejections() -> None:
         with pytest.raises(ValueError, match="NaN"):
             arm.send_chunk(np.array([now_ns() + 500_000_000]), np.full((1, 6), np.nan))
         # ... and by the filter in the child should one get through.
-        arm._commands.put(("chunk", np.array([now_ns() + 500_000_000]), np.full((1, 6), np.nan)))
+        arm.send(("chunk", np.array([now_ns() + 500_000_000]), np.full((1, 6), np.nan)))
         assert _wait_for(lambda: arm.stats()["rejected_non_finite"] == 1, 2.0), arm.stats()
         # Too fast: 10 cm in 0.1 s.
         fast = here + np.r_[0.1, 0, 0, 0, 0, 0]
@@ -209,7 +209,7 @@ def test_protective_stop_faults_until_reset() -> None:
         assert _wait_for(lambda: arm.stats()["resets"] == 1, 2.0)
         assert arm.stats()["fault"] == 1.0
 
-        dash = dashboard_client.DashboardClient(arm.arm_config.host)
+        dash = dashboard_client.DashboardClient(arm.config.host)
         dash.connect()
         try:
             dash.unlockProtectiveStop()

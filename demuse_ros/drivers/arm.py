@@ -176,27 +176,14 @@ def interpolate_pose(t_ns: np.ndarray, poses: np.ndarray, t: int) -> tuple[np.nd
     return out, i
 
 
-@dataclass
-class ArmDriverArgs:
-    """What :class:`ArmDriverProcess` hands the child: the config and the command queue."""
-
-    config: ArmDriverConfig
-    commands: Any = None
-
-
-def _unwrap(config: Any) -> tuple[ArmDriverConfig, Any]:
-    if isinstance(config, ArmDriverArgs):
-        return config.config, config.commands
-    return config, None
-
-
 def _measure_rate_hz(recv: Any, timeout_s: float = 1.0) -> float:
     """125 or 500 Hz from the controller timestamp step (ur_rtde chose it by version)."""
     last = recv.getTimestamp()
     steps: list[float] = []
+    poll = PeriodicLoop(2000.0)  # sample the stream at 4x the fastest controller rate
     deadline = time.monotonic() + timeout_s
     while len(steps) < 8 and time.monotonic() < deadline:
-        time.sleep(0.0005)
+        poll.wait()
         ts = recv.getTimestamp()
         if ts > last:
             steps.append(ts - last)
@@ -212,9 +199,9 @@ class ArmDriver(Driver):
 
     STATS: ClassVar[tuple[str, ...]] = STATS
 
-    def __init__(self, config: Any, ring: Any, stats: Any) -> None:
-        cfg, self._commands = _unwrap(config)
-        super().__init__(cfg, ring, stats)
+    def __init__(self, config: Any, ring: Any, stats: Any, commands: Any = None) -> None:
+        super().__init__(config, ring, stats, commands)
+        cfg = config
         self.filter = SafetyFilter(cfg.safety)
         self.mapper = ClockMapper(name="ur")
         self._recv: Any = None
@@ -243,7 +230,7 @@ class ArmDriver(Driver):
 
     @classmethod
     def capacity(cls, config: Any) -> int:
-        cfg, _ = _unwrap(config)
+        cfg = config
         return capacity_for(cfg.frequency_hz or 500.0, cfg.read_budget_s)
 
     # -------------------------------------------------------------- connection
@@ -333,7 +320,7 @@ class ArmDriver(Driver):
 
     # -------------------------------------------------------------- commands
     def _run_commands(self, now: int) -> None:
-        q = self._commands
+        q = self.commands
         if q is None:
             return
         while True:
@@ -342,7 +329,7 @@ class ArmDriver(Driver):
             except queue.Empty:
                 return
             except (OSError, EOFError, ValueError):  # the parent closed the queue
-                self._commands = None
+                self.commands = None
                 return
             kind = cmd[0]
             if kind == "chunk":
@@ -460,13 +447,15 @@ class ArmDriver(Driver):
 
     def run(self, stop: Any, ready: Any) -> None:
         loop: PeriodicLoop | None = None
+        # While disconnected, retry on a deadline grid; _connect applies the backoff.
+        retry = PeriodicLoop(100.0)
         cycle = 0
         try:
             while not stop.is_set():
                 if not self._connected:
                     self._connect(now_ns())
                     if not self._connected:
-                        time.sleep(0.01)
+                        retry.wait()
                         continue
                 if loop is None:
                     loop = PeriodicLoop(self.rate_hz)
@@ -509,40 +498,25 @@ class ArmDriverProcess(DriverProcess):
     """
 
     def __init__(self, config: ArmDriverConfig, *, name: str = "arm") -> None:
-        self.arm_config = config
         super().__init__(ArmDriver, config, name=name)
-        self._commands = self._ctx.Queue()
-        self.config = ArmDriverArgs(config, self._commands)
 
     def send_chunk(self, t_ns: Any, poses: Any) -> None:
         """Queue waypoints: absolute host-monotonic stamps (N,) int ns and TCP poses (N, 6)."""
         t, p = validate_chunk(t_ns, poses)
-        self._send(("chunk", t, p))
+        self.send(("chunk", t, p))
 
     def reset_fault(self) -> None:
         """Clear a latched fault once the robot is unlocked (re-uploads the script if needed)."""
-        self._send(("reset",))
+        self.send(("reset",))
 
     def stop_motion(self) -> None:
         """servoStop and drop the plan."""
-        self._send(("stop",))
-
-    def _send(self, cmd: tuple) -> None:
-        if not self.alive:
-            raise RuntimeError(f"{self.name} driver is not running")
-        self._commands.put(cmd)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        try:
-            super().stop(timeout_s)
-        finally:
-            self._commands.cancel_join_thread()
+        self.send(("stop",))
 
 
 __all__ = [
     "FAULT_MASK",
     "ArmDriver",
-    "ArmDriverArgs",
     "ArmDriverConfig",
     "ArmDriverProcess",
     "interpolate_pose",

@@ -216,8 +216,10 @@ class CameraDriver(Driver):
     def capacity(cls, config: CameraDriverConfig) -> int:
         return capacity_for(config.fps, config.read_budget_s)
 
-    def __init__(self, config: CameraDriverConfig, ring: Any, stats: Any) -> None:
-        super().__init__(config, ring, stats)
+    def __init__(
+        self, config: CameraDriverConfig, ring: Any, stats: Any, commands: Any = None
+    ) -> None:
+        super().__init__(config, ring, stats, commands)
         self.mapper = ClockMapper(config.mapper_config(), name="camera")
         self._last_n: int | None = None
         self._recv: collections.deque[int] = collections.deque(maxlen=max(2, config.fps))

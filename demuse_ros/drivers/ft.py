@@ -261,29 +261,15 @@ def grip_command(width_m: float, force_n: float) -> tuple[str, int, int]:
     return ("grip", round(force_n * 10.0), round(width_m * 1e4))
 
 
-@dataclass
-class FTDriverArgs:
-    """What :class:`FTDriverProcess` hands the child: the config and the command queue."""
-
-    config: FTDriverConfig
-    commands: Any = None
-
-
-def _unwrap(config: Any) -> tuple[FTDriverConfig, Any]:
-    if isinstance(config, FTDriverArgs):
-        return config.config, config.commands
-    return config, None
-
-
 # ------------------------------------------------------------------ driver
 class FTDriver(Driver):
     """The RG2-FT polling loop (runs in the child; see the module docstring)."""
 
     STATS: ClassVar[tuple[str, ...]] = STATS
 
-    def __init__(self, config: Any, ring: Any, stats: Any) -> None:
-        cfg, self._commands = _unwrap(config)
-        super().__init__(cfg, ring, stats)
+    def __init__(self, config: Any, ring: Any, stats: Any, commands: Any = None) -> None:
+        super().__init__(config, ring, stats, commands)
+        cfg = config
         self.processor = WrenchProcessor(cfg)
         self._client: Any = None
         self._connected = False
@@ -297,7 +283,7 @@ class FTDriver(Driver):
 
     @classmethod
     def capacity(cls, config: Any) -> int:
-        cfg, _ = _unwrap(config)
+        cfg = config
         return capacity_for(cfg.rate_hz, cfg.read_budget_s)
 
     # -------------------------------------------------------------- connection
@@ -340,7 +326,7 @@ class FTDriver(Driver):
 
     # -------------------------------------------------------------- commands
     def _run_commands(self) -> None:
-        q = self._commands
+        q = self.commands
         if q is None:
             return
         while True:
@@ -349,7 +335,7 @@ class FTDriver(Driver):
             except queue.Empty:
                 return
             except (OSError, EOFError, ValueError):  # the parent closed the queue
-                self._commands = None
+                self.commands = None
                 return
             self._execute(cmd)
 
@@ -476,37 +462,23 @@ class FTDriverProcess(DriverProcess):
     """
 
     def __init__(self, config: FTDriverConfig, *, name: str = "ft") -> None:
-        self.ft_config = config
         super().__init__(FTDriver, config, name=name)
-        self._commands = self._ctx.Queue()
-        self.config = FTDriverArgs(config, self._commands)
 
     def grip(self, width_m: float, force_n: float) -> None:
         """Move the fingers to ``width_m`` (0..0.1 m) with at most ``force_n`` (0..40 N)."""
-        self._send(grip_command(width_m, force_n))
+        self.send(grip_command(width_m, force_n))
 
     def stop_gripper(self) -> None:
         """Stop the finger motion (register 4 = 0)."""
-        self._send(("stop",))
+        self.send(("stop",))
 
     def zero(self) -> None:
         """Zero the fingertip F/T sensors at their current reading (register 0 = 1)."""
-        self._send(("zero", 1))
+        self.send(("zero", 1))
 
     def unzero(self) -> None:
         """Cancel the zero offset (register 0 = 0)."""
-        self._send(("zero", 0))
-
-    def _send(self, cmd: tuple) -> None:
-        if not self.alive:
-            raise RuntimeError(f"{self.name} driver is not running")
-        self._commands.put(cmd)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        try:
-            super().stop(timeout_s)
-        finally:
-            self._commands.cancel_join_thread()
+        self.send(("zero", 0))
 
 
 __all__ = [
@@ -515,7 +487,6 @@ __all__ = [
     "TWIN_LEFT_ROTVEC",
     "TWIN_RIGHT_ROTVEC",
     "FTDriver",
-    "FTDriverArgs",
     "FTDriverConfig",
     "FTDriverProcess",
     "WrenchProcessor",

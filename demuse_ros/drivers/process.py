@@ -10,6 +10,8 @@ policy.
 
 A driver declares its record schema, its ring capacity and the names of its
 counters; it calls ``self.count(name)`` / ``self.set(name, value)`` as it runs.
+Commands from the parent (:meth:`DriverProcess.send`) arrive on
+``self.commands``, a queue the driver drains without blocking each cycle.
 Cleanup belongs in ``run``'s ``finally``.
 """
 
@@ -31,9 +33,10 @@ class Driver(abc.ABC):
     #: Names of the counters and gauges the parent can read (floats).
     STATS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any, ring: RingBuffer, stats: Any) -> None:
+    def __init__(self, config: Any, ring: RingBuffer, stats: Any, commands: Any = None) -> None:
         self.config = config
         self.ring = ring
+        self.commands = commands  # queue of command tuples from the parent, or None
         self._stats = stats
         self._index = {name: i for i, name in enumerate(self.STATS)}
 
@@ -67,13 +70,14 @@ def _child(
     ready: Any,
     created: Any,
     errors: Any,
+    commands: Any,
 ) -> None:
     ring = RingBuffer.create(
         driver_cls.schema(config), driver_cls.capacity(config), shared=True, name=ring_name
     )
     try:
         created.set()
-        driver_cls(config, ring, stats).run(stop, ready)
+        driver_cls(config, ring, stats, commands).run(stop, ready)
     except BaseException as exc:
         errors.put(f"{type(exc).__name__}: {exc}")
         raise
@@ -101,6 +105,7 @@ class DriverProcess:
             self._ctx.Event(),
         )
         self._errors = self._ctx.Queue()
+        self._commands = self._ctx.Queue()
         self._proc: mp.process.BaseProcess | None = None
         self.ring: RingBuffer | None = None
         self.ring_name = f"demuse_{name}_{os.getpid()}_{secrets.token_hex(3)}"
@@ -119,6 +124,7 @@ class DriverProcess:
                 self._ready,
                 self._created,
                 self._errors,
+                self._commands,
             ),
         )
         self._proc.start()
@@ -162,9 +168,16 @@ class DriverProcess:
         values = self._stats[:]
         return dict(zip(self.driver_cls.STATS, values, strict=False))
 
+    def send(self, command: tuple) -> None:
+        """Queue a command tuple for the driver (it runs them at its next cycle)."""
+        if not self.alive:
+            raise RuntimeError(f"{self.name} driver is not running")
+        self._commands.put(command)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the driver to stop, wait for its cleanup, detach the ring."""
         self._stop.set()
+        self._commands.cancel_join_thread()  # unsent commands must not block our exit
         try:
             if self._proc is not None and self._proc.pid is not None:
                 self._proc.join(timeout_s)
