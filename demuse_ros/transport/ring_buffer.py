@@ -88,14 +88,29 @@ class RingBuffer:
     Create with :meth:`create` (the writer side, or a single-process ring) or
     :meth:`attach` (a reader in another process). Use as a context manager or
     call :meth:`close`; the creator of a shared ring also unlinks it.
+
+    A supervised driver swaps writers: the parent creates the ring with
+    ``writer=False`` (it owns the memory and reads), and each incarnation of the
+    driver process attaches with ``writer=True`` and continues the record count
+    where the previous one stopped. There is still one writer at a time.
     """
 
-    def __init__(self, schema: RecordSchema, capacity: int, backing: Backing, *, writer: bool):
+    def __init__(
+        self,
+        schema: RecordSchema,
+        capacity: int,
+        backing: Backing,
+        *,
+        writer: bool,
+        fresh: bool = False,
+        owner: bool = False,
+    ):
         self.schema = schema
         self.capacity = capacity
         self._backing: Backing | None = backing
         self._name = backing.name
         self._writer = writer
+        self._owner = owner
         size, offsets = _layout(schema, capacity)
         buf = backing.buf
         if len(buf) < size:
@@ -113,7 +128,7 @@ class RingBuffer:
         }
         self._payload_names = frozenset(self._arrays)
         self._last_t_ns = -(1 << 62)
-        if writer:
+        if fresh:
             digest = schema.digest()
             self._header[:] = 0
             self._header[_H_MAGIC] = _MAGIC
@@ -122,26 +137,42 @@ class RingBuffer:
             self._header[_H_DIGEST_LO] = int.from_bytes(digest[:8], "little")
             self._header[_H_DIGEST_HI] = int.from_bytes(digest[8:], "little")
             self._seq[:] = 0
+        elif writer:  # taking over a ring: keep capture times non-decreasing across writers
+            count = int(self._header[_H_COUNT])
+            if count > 0:
+                self._last_t_ns = int(self._t[(count - 1) % capacity])
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(
-        cls, schema: RecordSchema, capacity: int, *, shared: bool = False, name: str | None = None
+        cls,
+        schema: RecordSchema,
+        capacity: int,
+        *,
+        shared: bool = False,
+        name: str | None = None,
+        writer: bool = True,
     ) -> RingBuffer:
         """Allocate a ring of ``capacity`` records; ``shared=True`` puts it in shared memory.
 
-        The returned object is the ring's only writer. With ``shared=True`` other
-        processes attach by :attr:`name`.
+        The returned object owns the memory (it unlinks it on close) and is, by
+        default, the ring's only writer. With ``shared=True`` other processes
+        attach by :attr:`name`; ``writer=False`` leaves writing to a process that
+        attaches with ``writer=True``.
         """
         if capacity < 2:
             raise ValueError(f"ring {schema.name!r}: capacity must be >= 2, got {capacity}")
         size, _ = _layout(schema, capacity)
         backing: Backing = SharedSegment.create(size, name) if shared else ProcessMemory(size)
-        return cls(schema, capacity, backing, writer=True)
+        return cls(schema, capacity, backing, writer=writer, fresh=True, owner=True)
 
     @classmethod
-    def attach(cls, name: str, schema: RecordSchema) -> RingBuffer:
-        """Attach a reader to the shared ring ``name``, checking it has ``schema``'s layout."""
+    def attach(cls, name: str, schema: RecordSchema, *, writer: bool = False) -> RingBuffer:
+        """Attach to the shared ring ``name``, checking it has ``schema``'s layout.
+
+        ``writer=True`` takes over writing (the ring's creator made it with
+        ``writer=False``; see the class docstring). Attached handles never unlink.
+        """
         backing = SharedSegment.attach(name)
         header = np.ndarray((_HEADER_WORDS,), np.uint64, backing.buf, 0)
         try:
@@ -164,7 +195,7 @@ class RingBuffer:
             backing.close()
             raise
         del header
-        return cls(schema, capacity, backing, writer=False)
+        return cls(schema, capacity, backing, writer=writer)
 
     @property
     def name(self) -> str | None:
@@ -179,7 +210,7 @@ class RingBuffer:
         self._arrays = {}
         backing, self._backing = self._backing, None
         backing.close()
-        if self._writer:
+        if self._owner:
             backing.unlink()
 
     def _check_open(self) -> None:
@@ -214,8 +245,8 @@ class RingBuffer:
         """
         if not self._writer:
             raise PermissionError(
-                f"ring {self.schema.name!r}: this handle is a reader; only the "
-                "process that created the ring may write"
+                f"ring {self.schema.name!r}: this handle is a reader; write through "
+                "the handle made by create() or attach(..., writer=True)"
             )
         if t_capture_ns < self._last_t_ns:
             self._header[_H_REJECTED] += np.uint64(1)
