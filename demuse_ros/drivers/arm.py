@@ -1,64 +1,73 @@
 """UR arm driver: RTDE state stream and safety-filtered ``servoL`` tracking of waypoint chunks.
 
-The driver runs in its own process (:class:`ArmDriverProcess`, the
+The driver runs in its own supervised process (:class:`ArmDriverProcess`, the
 :mod:`demuse_ros.drivers.process` pattern) and owns the ``ur_rtde`` receive and
 control interfaces (their constructors block while holding the GIL, so they
-must never share an interpreter with the twin or the policy). Each cycle of a
-deadline-based :class:`~demuse_ros.timing.loop.PeriodicLoop` at the control rate
-(125 Hz CB3 / 500 Hz e-Series) it
+must never share an interpreter with the twin or the policy). The loop is
+locked to the controller's stream (125 Hz CB3 / 500 Hz e-Series): it sleeps
+until shortly before the next package is due, polls for it, and then
 
 1. reads the state (actual q, qd, TCP pose and speed, robot/safety mode, runtime
    state, safety status bits, controller timestamp), stamps ``t_receive_ns`` right
    after, maps the controller timestamp onto host monotonic time with a
    :class:`~demuse_ros.timing.clock_mapper.ClockMapper` (``t_capture_ns``) and
-   writes one ``arm_schema()`` record when the package is new;
+   writes one ``arm_schema()`` record per package;
 2. drains the parent's commands (waypoint chunks, ``reset``, ``stop``) without
    blocking. A chunk (absolute host-monotonic stamps ``t_ns`` (N,), TCP poses
    (N, 6)) is vetted **whole** by :meth:`SafetyFilter.check_chunk` from the
    actual TCP pose; a rejected chunk is counted by reason and the arm keeps doing
    what it did (holding, or the previous accepted plan). An accepted chunk
    replaces the plan, anchored at the last commanded pose *now*;
-3. interpolates the plan at now (position linear, rotation slerp), drops the
-   waypoints already passed, clamps the step from the previous command with
-   :meth:`SafetyFilter.limit_step` and sends ``servoL``.
+3. interpolates the plan at now (position linear, rotation slerp; see
+   :mod:`~demuse_ros.drivers.arm_path`), drops the waypoints already passed,
+   clamps the step from the previous command with :meth:`SafetyFilter.limit_step`
+   and sends ``servoL``.
 
 Watchdog: once no waypoint lies ahead, the final pose is held for at most
 ``watchdog_s``; then ``servoStop`` and the plan is dropped (``watchdog_stops``).
 A protective or emergency stop (safety status bits 2 / 7) latches a fault: the
 plan is dropped, every chunk is refused until :meth:`ArmDriverProcess.reset_fault`,
 which (once the robot has been unlocked) re-uploads the control script if it is
-not running and then clears the fault. A plan never survives a fault or a lost
-connection: motion resumes only with a chunk received afterwards.
+not running and then clears the fault.
 
-A lost connection (either interface reports disconnected, or a call raises) is
-re-established with exponential backoff between ``reconnect_min_s`` and
-``reconnect_max_s`` (a deadline checked by the loop, never a sleep). Known issue
-(untested path): after the twin drops the connections mid-``servoL``, ur_rtde 1.6.5
-crashed this process with SIGSEGV in 2 of 3 tries (its own auto-reconnect inside
-``servoL`` races the teardown); the parent sees ``alive`` go False.
+Lost connection: either interface reports disconnected, a call raises, or no
+new package arrives for ``stream_timeout_s``. ``ur_rtde`` 1.6.5 then runs its
+own reconnect inside its threads, which crashed the process with SIGSEGV in
+most tries against the twin (with or without our calls; see the README). So the
+driver does not reconnect in-process: it exits with
+:data:`~demuse_ros.drivers.process.EXIT_RESTART` and its supervisor starts a
+fresh process after a backoff (``reconnect_min_s`` doubling to
+``reconnect_max_s``), which connects anew (the constructor re-uploads the
+control script, so the arm holds where it is). A plan never survives: the new
+process starts without one, and it refuses chunks that were *sent* before it
+connected (``rejected_stale``), so the arm never resumes toward a stale target.
+A crash inside ``ur_rtde`` takes the same path.
 
-Cleanup (``finally``): ``servoStop`` → ``stopScript`` → ``disconnect``.
+Cleanup on a normal stop (``finally``): ``servoStop`` → ``stopScript`` → ``disconnect``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 import queue
+import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from demuse_ros.config.schema import param, validate_fields
-from demuse_ros.drivers.process import Driver, DriverProcess
-from demuse_ros.kinematics.ur import matrix_to_rotvec, rotvec_to_matrix
-from demuse_ros.safety.filter import REASONS, SafetyConfig, SafetyFilter
+from demuse_ros.drivers.arm_config import ArmDriverConfig
+from demuse_ros.drivers.arm_path import interpolate_pose, validate_chunk
+from demuse_ros.drivers.process import EXIT_RESTART, Driver, DriverProcess
+from demuse_ros.safety.filter import REASONS, SafetyFilter
 from demuse_ros.sync.streams import arm_schema
 from demuse_ros.timing.clock import NS_PER_S, now_ns
 from demuse_ros.timing.clock_mapper import ClockMapper
-from demuse_ros.timing.loop import PeriodicLoop
+from demuse_ros.timing.loop import PeriodicLoop, PeriodRecorder, sleep_until_ns
+from demuse_ros.timing.realtime import set_realtime_priority
 from demuse_ros.transport.schema import RecordSchema, capacity_for
 
 #: Safety status bits that latch a fault: protective stop (2), emergency stop (7).
@@ -66,11 +75,13 @@ PROTECTIVE_STOP_BIT = 2
 EMERGENCY_STOP_BIT = 7
 FAULT_MASK = (1 << PROTECTIVE_STOP_BIT) | (1 << EMERGENCY_STOP_BIT)
 
-#: Why a chunk can be refused: the filter's reasons plus "fault" (latched driver fault).
-REJECT_REASONS = tuple(r for r in REASONS if r != "step_clamped") + ("fault",)
+#: Why a chunk can be refused: the filter's reasons, a latched fault, or sent
+#: before the current connection (a stale plan).
+REJECT_REASONS = (*(r for r in REASONS if r != "step_clamped"), "fault", "stale")
 
 STATS = (
     "state_records",
+    "packages_missed",
     "servo_commands",
     "chunks_accepted",
     "chunks_rejected",
@@ -80,100 +91,20 @@ STATS = (
     "faults",
     "fault",
     "resets",
-    "period_ms_p99",
-    "rate_hz",
-    "overruns",
+    "servo_rate_hz",
+    "servo_period_ms_p50",
+    "servo_period_ms_p99",
+    "servo_period_ms_max",
     "control_rate_hz",
+    "realtime",
     "connected",
+    "connects",
     "reconnects",
     "disconnects",
+    "stream_timeouts",
     "connect_failures",
     "errors",
 )
-
-
-@dataclass(frozen=True)
-class ArmDriverConfig:
-    """The UR controller connection, the servo parameters and the safety limits."""
-
-    host: str = param("192.168.1.102", doc="Controller address (ports are fixed by ur_rtde).")
-    frequency_hz: float = param(
-        0.0,
-        doc="RTDE/control rate; 0 = from the controller (125 Hz CB3, 500 Hz e-Series).",
-        unit="Hz",
-        range=(0.0, 500.0),
-    )
-    lookahead_time_s: float = param(
-        0.1, doc="servoL lookahead time (smoother but later).", unit="s", range=(0.03, 0.2)
-    )
-    gain: float = param(300.0, doc="servoL proportional gain.", range=(100.0, 2000.0))
-    watchdog_s: float = param(
-        0.3,
-        doc="Hold the last target this long with no waypoint ahead, then servoStop.",
-        unit="s",
-        range=(0.0, 10.0),
-    )
-    reconnect_min_s: float = param(
-        0.1, doc="First reconnect backoff after a lost connection.", unit="s", range=(0.0, 60.0)
-    )
-    reconnect_max_s: float = param(
-        5.0, doc="Largest reconnect backoff (doubles up to this).", unit="s", range=(0.0, 600.0)
-    )
-    script_timeout_s: float = param(
-        5.0,
-        doc="How long a reset waits for the re-uploaded control script to run.",
-        unit="s",
-        range=(0.1, 60.0),
-    )
-    read_budget_s: float = param(
-        2.0, doc="How far behind a reader may fall (sizes the ring).", unit="s", range=(0.1, 60.0)
-    )
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
-        if 0.0 < self.frequency_hz < 1.0:
-            raise ValueError(f"frequency_hz must be 0 (auto) or >= 1 Hz, got {self.frequency_hz}")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-
-
-# ------------------------------------------------------------------ pure helpers
-def validate_chunk(t_ns: Any, poses: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Shape/finiteness check of a waypoint chunk (the filter vets the motion in the child)."""
-    t = np.asarray(t_ns)
-    p = np.asarray(poses, dtype=np.float64)
-    if t.ndim != 1 or len(t) == 0:
-        raise ValueError(f"t_ns must be a non-empty 1-D array, got shape {t.shape}")
-    if not np.issubdtype(t.dtype, np.integer):
-        raise ValueError(f"t_ns must hold integer ns (host monotonic), got {t.dtype}")
-    if p.shape != (len(t), 6):
-        raise ValueError(f"poses must have shape ({len(t)}, 6), got {p.shape}")
-    if not np.isfinite(p).all():
-        raise ValueError("poses contain NaN or Inf")
-    return t.astype(np.int64), p
-
-
-def interpolate_pose(t_ns: np.ndarray, poses: np.ndarray, t: int) -> tuple[np.ndarray, int]:
-    """Pose at ``t`` on the piecewise path (linear position, slerp rotation).
-
-    Returns ``(pose, i)`` with ``i`` the index of the segment start (``t`` is
-    clamped to ``[t_ns[0], t_ns[-1]]``).
-    """
-    n = len(t_ns)
-    if t <= t_ns[0] or n == 1:
-        return poses[0].copy(), 0
-    if t >= t_ns[-1]:
-        return poses[-1].copy(), n - 1
-    i = int(np.searchsorted(t_ns, t, side="right")) - 1
-    a = (t - int(t_ns[i])) / float(int(t_ns[i + 1]) - int(t_ns[i]))
-    p0, p1 = poses[i], poses[i + 1]
-    out = np.empty(6)
-    out[:3] = p0[:3] + a * (p1[:3] - p0[:3])
-    r0 = rotvec_to_matrix(p0[3:])
-    rel = matrix_to_rotvec(rotvec_to_matrix(p1[3:]) @ r0.T)
-    out[3:] = matrix_to_rotvec(rotvec_to_matrix(a * rel) @ r0)
-    return out, i
 
 
 def _measure_rate_hz(recv: Any, timeout_s: float = 1.0) -> float:
@@ -193,29 +124,41 @@ def _measure_rate_hz(recv: Any, timeout_s: float = 1.0) -> float:
     return 125.0 if min(steps) > 0.004 else 500.0
 
 
+class ConnectionLostError(RuntimeError):
+    """The controller connection is gone; the process exits for a fresh start."""
+
+
 # ------------------------------------------------------------------ driver
 class ArmDriver(Driver):
     """The UR state/servo loop (runs in the child; see the module docstring)."""
 
     STATS: ClassVar[tuple[str, ...]] = STATS
 
+    #: Wake this long before a package is due, then poll for it.
+    EARLY_NS = 1_000_000
+    POLL_S = 0.0001
+
     def __init__(self, config: Any, ring: Any, stats: Any, commands: Any = None) -> None:
         super().__init__(config, ring, stats, commands)
         cfg = config
+        self.log = logging.getLogger("demuse.driver.arm")
         self.filter = SafetyFilter(cfg.safety)
         self.mapper = ClockMapper(name="ur")
         self._recv: Any = None
         self._ctrl: Any = None
         self._connected = False
-        self._ever_connected = False
+        self._connected_since_ns = 0
         self._backoff_s = cfg.reconnect_min_s
         self._next_connect_ns = 0
         self.rate_hz = float(cfg.frequency_hz)
         self._dt_s = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.008
+        self._period_ns = round(self._dt_s * NS_PER_S)
+        self._periods = PeriodRecorder()
         # State of the last read.
         self._pose = np.zeros(6)
         self._bits = 0
         self._last_ts = -math.inf
+        self._last_package_ns = 0  # host time the last new package was seen
         # Plan: None, or (t_ns (M,), poses (M, 6)) with t_ns[0] the anchor.
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
         self._command: np.ndarray | None = None  # last pose sent with servoL
@@ -245,8 +188,9 @@ class ArmDriver(Driver):
         try:
             self._recv = rtde_receive.RTDEReceiveInterface(cfg.host, freq)
             self._ctrl = rtde_control.RTDEControlInterface(cfg.host, freq)
-        except Exception:
+        except Exception as exc:
             self.count("connect_failures")
+            self.log.warning("cannot connect to the UR controller at %s: %s", cfg.host, exc)
             self._drop_handles()
             self._next_connect_ns = now_ns() + round(self._backoff_s * NS_PER_S)
             self._backoff_s = min(max(self._backoff_s, 1e-3) * 2.0, cfg.reconnect_max_s)
@@ -254,16 +198,20 @@ class ArmDriver(Driver):
         if cfg.frequency_hz <= 0 and self.rate_hz <= 0:
             self.rate_hz = _measure_rate_hz(self._recv)
             self._dt_s = 1.0 / self.rate_hz
+            self._period_ns = round(self._dt_s * NS_PER_S)
         self._connected = True
-        self._backoff_s = cfg.reconnect_min_s
+        self._connected_since_ns = now_ns()
+        self._last_package_ns = self._connected_since_ns
         self.mapper.reset()
         self._last_ts = -math.inf
-        self._clear_plan()
-        if self._ever_connected:
+        if self._stats_value("connects") > 0:  # an earlier process (or loop) was connected
             self.count("reconnects")
-        self._ever_connected = True
+        self.count("connects")
         self.set("connected", 1.0)
         self.set("control_rate_hz", self.rate_hz)
+
+    def _stats_value(self, name: str) -> float:
+        return float(self._stats[self._index[name]])
 
     def _drop_handles(self) -> None:
         for handle in (self._ctrl, self._recv):
@@ -272,22 +220,27 @@ class ArmDriver(Driver):
                     handle.disconnect()
         self._ctrl = self._recv = None
 
-    def _lost(self) -> None:
-        """The connection is gone: drop the plan (never resume it), reconnect after backoff."""
-        self.count("disconnects")
-        self._connected = False
-        self.set("connected", 0.0)
-        self._clear_plan()
-        self._drop_handles()
-        self._next_connect_ns = now_ns() + round(self._backoff_s * NS_PER_S)
-        self._backoff_s = min(max(self._backoff_s, 1e-3) * 2.0, self.config.reconnect_max_s)
-
     # -------------------------------------------------------------- state
-    def _read_state(self) -> bool:
-        """Read one state; write a record when the package is new. False: connection lost."""
+    def _await_package(self) -> bool:
+        """Sleep until just before the next package is due, then poll; True if one came."""
+        recv = self._recv
+        due = self._last_package_ns + self._period_ns
+        sleep_until_ns(due - self.EARLY_NS, spin_ns=0)
+        give_up = due + self._period_ns // 2
+        while True:
+            if recv.getTimestamp() > self._last_ts:
+                return True
+            now = now_ns()
+            if now >= give_up:
+                self._last_package_ns = due  # keep the grid; the next wait is a period on
+                return False
+            time.sleep(self.POLL_S)
+
+    def _read_state(self) -> None:
+        """Read one state; write a record when the package is new."""
         recv = self._recv
         if not recv.isConnected() or not self._ctrl.isConnected():
-            return False
+            raise ConnectionLostError("ur_rtde reports the connection lost")
         ts = recv.getTimestamp()
         q = recv.getActualQ()
         qd = recv.getActualQd()
@@ -300,8 +253,18 @@ class ArmDriver(Driver):
         t_receive = now_ns()
         self._pose = np.asarray(pose, dtype=np.float64)
         if not math.isfinite(ts) or ts <= self._last_ts:
-            return True  # the same package as last cycle: no new record
+            if t_receive - self._last_package_ns > self.config.stream_timeout_s * NS_PER_S:
+                self.count("stream_timeouts")
+                raise ConnectionLostError(
+                    f"no controller package for {self.config.stream_timeout_s} s"
+                )
+            return  # the same package as last cycle: no new record
+        if math.isfinite(self._last_ts):
+            skipped = round((ts - self._last_ts) / self._dt_s) - 1
+            if skipped > 0:
+                self.count("packages_missed", skipped)
         self._last_ts = ts
+        self._last_package_ns = t_receive
         t_capture = self.mapper.update(ts, t_receive)
         if self.ring.put(
             t_capture,
@@ -316,7 +279,6 @@ class ArmDriver(Driver):
             runtime_state=runtime_state,
         ):
             self.count("state_records")
-        return True
 
     # -------------------------------------------------------------- commands
     def _run_commands(self, now: int) -> None:
@@ -333,7 +295,7 @@ class ArmDriver(Driver):
                 return
             kind = cmd[0]
             if kind == "chunk":
-                self._chunk(now, cmd[1], cmd[2])
+                self._chunk(now, *cmd[1:])
             elif kind == "reset":
                 self._reset(now)
             elif kind == "stop":
@@ -345,9 +307,12 @@ class ArmDriver(Driver):
         self.count("chunks_rejected")
         self.count(f"rejected_{reason}")
 
-    def _chunk(self, now: int, t_ns: Any, poses: Any) -> None:
+    def _chunk(self, now: int, t_ns: Any, poses: Any, sent_ns: int = 0) -> None:
         if self._fault or self._resetting_until_ns is not None:
             self._reject("fault")
+            return
+        if sent_ns < self._connected_since_ns:
+            self._reject("stale")  # planned before this connection: never resume it
             return
         t = np.asarray(t_ns)
         if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
@@ -390,6 +355,7 @@ class ArmDriver(Driver):
         self._hold_since_ns = None
         self._command = None
         self._servoing = False
+        self._periods.restart()
 
     def _stop_motion(self) -> None:
         if self._servoing:
@@ -418,15 +384,14 @@ class ArmDriver(Driver):
             self.count("step_clamps")
         cfg = self.config
         self._ctrl.servoL(command.tolist(), 0.0, 0.0, self._dt_s, cfg.lookahead_time_s, cfg.gain)
+        self._periods.mark(now_ns())
         self._command = command
         self._servoing = True
         self.count("servo_commands")
 
     # -------------------------------------------------------------- loop
-    def _cycle(self, now: int, ready: Any) -> None:
-        if not self._read_state():
-            self._lost()
-            return
+    def _cycle(self, ready: Any) -> None:
+        self._read_state()
         if not ready.is_set() and self.ring.count > 0:
             ready.set()
         if self._bits & FAULT_MASK and not self._fault:
@@ -435,21 +400,26 @@ class ArmDriver(Driver):
             self._clear_plan()  # the robot is stopped; never resume this plan
             self.count("faults")
             self.set("fault", 1.0)
+        now = now_ns()
         if self._resetting_until_ns is not None:
             if self._ctrl.isProgramRunning():
                 self._clear_fault()
             elif now > self._resetting_until_ns:
                 self._resetting_until_ns = None  # script did not start: still faulted
                 self.count("errors")
-        self._run_commands(now_ns())
+        self._run_commands(now)
         if not self._fault:
             self._servo(now_ns())
 
     def run(self, stop: Any, ready: Any) -> None:
-        loop: PeriodicLoop | None = None
-        # While disconnected, retry on a deadline grid; _connect applies the backoff.
-        retry = PeriodicLoop(100.0)
-        cycle = 0
+        denied = set_realtime_priority(self.config.realtime_priority)
+        if denied:
+            self.log.warning("arm driver: %s", denied)
+        self.set("realtime", 0.0 if denied or not self.config.realtime_priority else 1.0)
+        retry = PeriodicLoop(100.0)  # while disconnected; _connect applies the backoff
+        publish_every_ns = NS_PER_S // 2
+        next_publish = 0
+        lost: ConnectionLostError | None = None
         try:
             while not stop.is_set():
                 if not self._connected:
@@ -457,21 +427,23 @@ class ArmDriver(Driver):
                     if not self._connected:
                         retry.wait()
                         continue
-                if loop is None:
-                    loop = PeriodicLoop(self.rate_hz)
-                    publish_every = max(1, round(self.rate_hz / 2))
-                loop.wait()
-                cycle += 1
+                self._await_package()
                 try:
-                    self._cycle(now_ns(), ready)
-                except RuntimeError:
-                    self.count("errors")
-                    self._lost()
-                if cycle % publish_every == 0:
-                    self._publish(loop)
+                    self._cycle(ready)
+                except ConnectionLostError as exc:
+                    lost = exc
+                    break
+                except RuntimeError as exc:  # ur_rtde raises RuntimeError on a dead socket
+                    lost = ConnectionLostError(str(exc))
+                    break
+                now = now_ns()
+                if now >= next_publish:
+                    self._publish()
+                    next_publish = now + publish_every_ns
         finally:
-            if loop is not None:
-                self._publish(loop)
+            self._publish()
+            if lost is not None:
+                self._exit_for_restart(lost)
             ctrl = self._ctrl
             if ctrl is not None:
                 with contextlib.suppress(Exception):
@@ -481,29 +453,47 @@ class ArmDriver(Driver):
             self._drop_handles()
             self.set("connected", 0.0)
 
-    def _publish(self, loop: PeriodicLoop) -> None:
-        st = loop.stats()
-        if math.isfinite(st.rate_hz):
-            self.set("rate_hz", st.rate_hz)
-            self.set("period_ms_p99", st.period_s_p99 * 1e3)
-        self.set("overruns", float(st.overruns))
+    def _exit_for_restart(self, why: ConnectionLostError) -> None:
+        """Leave without touching ur_rtde again (its own reconnect may be racing us)."""
+        self.count("disconnects")
+        self.set("connected", 0.0)
+        print(f"arm driver: connection lost ({why}); exiting for a restart", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_RESTART)
+
+    def _publish(self) -> None:
+        summary = self._periods.summary_ms()
+        if summary is not None:
+            rate, p50, p99, pmax = summary
+            self.set("servo_rate_hz", rate)
+            self.set("servo_period_ms_p50", p50)
+            self.set("servo_period_ms_p99", p99)
+            self.set("servo_period_ms_max", pmax)
 
 
 class ArmDriverProcess(DriverProcess):
-    """The UR driver in its own process, plus waypoint chunks and commands from the parent.
+    """The UR driver in its own supervised process, plus waypoint chunks and commands.
 
     :meth:`send_chunk` checks shapes and finiteness here (``ValueError``) and queues
-    the chunk; the safety filter in the child accepts or rejects it (see
-    ``stats()["chunks_accepted"]`` / ``["chunks_rejected"]`` and ``rejected_<reason>``).
+    the chunk with its send time; the safety filter in the child accepts or rejects
+    it (see ``stats()["chunks_accepted"]`` / ``["chunks_rejected"]`` and
+    ``rejected_<reason>``). While the process restarts after a lost connection,
+    :meth:`send_chunk` raises ``RuntimeError``; plan again from the new state.
     """
 
     def __init__(self, config: ArmDriverConfig, *, name: str = "arm") -> None:
-        super().__init__(ArmDriver, config, name=name)
+        super().__init__(
+            ArmDriver,
+            config,
+            name=name,
+            restart_min_s=config.reconnect_min_s,
+            restart_max_s=config.reconnect_max_s,
+        )
 
     def send_chunk(self, t_ns: Any, poses: Any) -> None:
         """Queue waypoints: absolute host-monotonic stamps (N,) int ns and TCP poses (N, 6)."""
         t, p = validate_chunk(t_ns, poses)
-        self.send(("chunk", t, p))
+        self.send(("chunk", t, p, now_ns()))
 
     def reset_fault(self) -> None:
         """Clear a latched fault once the robot is unlocked (re-uploads the script if needed)."""
@@ -519,6 +509,7 @@ __all__ = [
     "ArmDriver",
     "ArmDriverConfig",
     "ArmDriverProcess",
+    "ConnectionLostError",
     "interpolate_pose",
     "validate_chunk",
 ]

@@ -247,3 +247,33 @@ class PeriodicLoop:
             lateness_s_p99=late_p99,
             lateness_s_max=late_max,
         )
+
+
+class PeriodRecorder:
+    """Intervals between events (e.g. servo commands): a preallocated ring, percentiles on demand.
+
+    For loops paced by something other than a :class:`PeriodicLoop` (a device
+    stream); :meth:`mark` allocates nothing.
+    """
+
+    def __init__(self, history: int = 4096) -> None:
+        self._ring = np.zeros(history, dtype=np.int64)
+        self._n = 0
+        self._last: int | None = None
+
+    def mark(self, t_ns: int) -> None:
+        if self._last is not None:
+            self._ring[self._n % len(self._ring)] = t_ns - self._last
+            self._n += 1
+        self._last = t_ns
+
+    def restart(self) -> None:
+        self._last = None  # a gap across a stop is not a period
+
+    def summary_ms(self) -> tuple[float, float, float, float] | None:
+        """(rate Hz, p50, p99, max ms) over the history, None before two marks."""
+        if self._n == 0:
+            return None
+        periods = self._ring[: min(self._n, len(self._ring))] / 1e6
+        p50, p99 = np.percentile(periods, (50.0, 99.0))
+        return 1e3 / float(periods.mean()), float(p50), float(p99), float(periods.max())

@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from demuse_ros.config import ConfigError, validate_fields
+from demuse_ros.config import ConfigError, param, validate_fields
 from demuse_ros.timing.clock import now_ns
 from demuse_ros.timing.loop import PeriodicLoop
+from demuse_ros.timing.realtime import set_realtime_priority
 from demuse_ros.transport.ring_buffer import RingBuffer
 from demuse_ros.transport.schema import RecordSchema
 from demuse_ros.twin.camera_feed import CameraFeedConfig
@@ -64,6 +65,13 @@ class SimConfig:
     rg2ft: RG2FTConfig = field(default_factory=RG2FTConfig)
     modbus: ModbusServerConfig = field(default_factory=ModbusServerConfig)
     camera: CameraFeedConfig = field(default_factory=CameraFeedConfig)
+    realtime_priority: int = param(
+        60,
+        doc="SCHED_FIFO priority of the real-time twin's control thread, which emulates a "
+        "hard real-time controller (0: normal scheduling; denied without an rtprio limit "
+        "or CAP_SYS_NICE, with a warning).",
+        range=(0, 99),
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -284,6 +292,9 @@ class RealtimeTwin:
 
     # ------------------------------------------------------------------ the loop
     def _control_loop(self) -> None:
+        denied = set_realtime_priority(self.config.realtime_priority)  # this thread only
+        if denied:
+            logging.getLogger("demuse.twin").warning("twin control thread: %s", denied)
         twin, servers = self.twin, self.servers
         frame_period_s = 1.0 / self.config.camera.fps
         next_frame_s = twin.time_s

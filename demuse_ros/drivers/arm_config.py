@@ -1,0 +1,69 @@
+"""Parameters of the UR arm driver (``arm:`` in the policy node's parameter file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from demuse_ros.config.schema import param, validate_fields
+from demuse_ros.safety.filter import SafetyConfig
+
+
+@dataclass(frozen=True)
+class ArmDriverConfig:
+    """The UR controller connection, the servo parameters and the safety limits."""
+
+    host: str = param("192.168.1.102", doc="Controller address (ports are fixed by ur_rtde).")
+    frequency_hz: float = param(
+        0.0,
+        doc="RTDE/control rate; 0 = from the controller (125 Hz CB3, 500 Hz e-Series).",
+        unit="Hz",
+        range=(0.0, 500.0),
+    )
+    lookahead_time_s: float = param(
+        0.1, doc="servoL lookahead time (smoother but later).", unit="s", range=(0.03, 0.2)
+    )
+    gain: float = param(300.0, doc="servoL proportional gain.", range=(100.0, 2000.0))
+    watchdog_s: float = param(
+        0.3,
+        doc="Hold the last target this long with no waypoint ahead, then servoStop.",
+        unit="s",
+        range=(0.0, 10.0),
+    )
+    stream_timeout_s: float = param(
+        0.25,
+        doc="No new controller package for this long = connection lost (stop, restart).",
+        unit="s",
+        range=(0.02, 5.0),
+    )
+    realtime_priority: int = param(
+        50,
+        doc="SCHED_FIFO priority of the driver process (0: normal scheduling). Needs an "
+        "rtprio limit or CAP_SYS_NICE; without, the driver warns and runs at normal priority.",
+        range=(0, 99),
+    )
+    reconnect_min_s: float = param(
+        0.1, doc="First reconnect backoff after a lost connection.", unit="s", range=(0.0, 60.0)
+    )
+    reconnect_max_s: float = param(
+        5.0, doc="Largest reconnect backoff (doubles up to this).", unit="s", range=(0.0, 600.0)
+    )
+    script_timeout_s: float = param(
+        5.0,
+        doc="How long a reset waits for the re-uploaded control script to run.",
+        unit="s",
+        range=(0.1, 60.0),
+    )
+    read_budget_s: float = param(
+        2.0, doc="How far behind a reader may fall (sizes the ring).", unit="s", range=(0.1, 60.0)
+    )
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if 0.0 < self.frequency_hz < 1.0:
+            raise ValueError(f"frequency_hz must be 0 (auto) or >= 1 Hz, got {self.frequency_hz}")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+
+
+__all__ = ["ArmDriverConfig"]
