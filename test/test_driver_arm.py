@@ -87,25 +87,28 @@ pytest.importorskip("mujoco", reason="needs the sim extra: pip install -e '.[sim
 pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
 
 
-def _twin_config(host: str, modbus_port: int):
+def _twin_config(host: str, modbus_port: int, personality: str = "cb3"):
+    from demuse_ros.twin.interface import PERSONALITIES
     from demuse_ros.twin.runner import SimConfig
     from demuse_ros.twin.ur_servers import URServersConfig
 
     base = SimConfig()
     return replace(
         base,
+        controller=replace(base.controller, personality=personality),
+        plant=replace(base.plant, arm_model=PERSONALITIES[personality].arm_model),
         ur_servers=URServersConfig(host=host),
         modbus=replace(base.modbus, host=host, port=modbus_port),
     )
 
 
 @contextmanager
-def _cell(**driver) -> Iterator[tuple]:
+def _cell(personality: str = "cb3", **driver) -> Iterator[tuple]:
     from demuse_ros.twin.runner import TwinProcess
 
     n = next(_HOSTS)
     host = f"127.0.0.{n}"
-    with TwinProcess(_twin_config(host, 5000 + n)) as twin:
+    with TwinProcess(_twin_config(host, 5000 + n, personality)) as twin:
         arm = ArmDriverProcess(ArmDriverConfig(host=host, **driver))
         arm.start(timeout_s=60.0)
         try:
@@ -280,3 +283,22 @@ def test_lost_connection_restarts_the_driver_without_resuming_the_old_plan() -> 
         _sleep(0.3)
         final = np.asarray(_latest(arm)["tcp_pose"])
         assert np.linalg.norm(final[:3] - poses[-1, :3]) < 2e-3
+
+
+@pytest.mark.slow
+def test_e_series_runs_at_500_hz_and_tracks() -> None:
+    with _cell("e-series") as (twin, arm):
+        assert twin.endpoints["control_rate_hz"] == 500.0
+        c0, t0 = arm.ring.count, now_ns()
+        _sleep(1.0)
+        rate = (arm.ring.count - c0) / ((now_ns() - t0) * 1e-9)
+        assert arm.stats()["control_rate_hz"] == 500.0 and 400 < rate < 550, rate
+        start, goal = _move(twin, arm, delta=(0, 0.02, 0), duration_s=1.0)
+        final = np.asarray(_latest(arm)["tcp_pose"])
+        st = arm.stats()
+        print(
+            f"e-series: records {rate:.1f} Hz, final error "
+            f"{np.linalg.norm(final[:3] - goal[:3]) * 1e3:.2f} mm, stats {st}"
+        )
+        assert np.linalg.norm(final[:3] - goal[:3]) < 2e-3 and final[1] - start[1] > 0.015
+        assert st["servo_rate_hz"] == pytest.approx(500.0, rel=0.1)
