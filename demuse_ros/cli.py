@@ -19,6 +19,16 @@ from demuse_ros.timing.loop import PeriodicLoop
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, ``ros2 launch`` escalation, ``kill``) stops like Ctrl-C: cleanly."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
@@ -120,6 +130,7 @@ def _sim(args: argparse.Namespace) -> int:
         print(yaml.safe_dump({"sim_node": {"ros__parameters": to_dict(config)}}, sort_keys=False))
         return 0
     log = logging.getLogger("demuse.sim")
+    _stop_on_sigterm()
     with RealtimeTwin(config) as twin:
         print(_dumps({"endpoints": twin.endpoints()}), flush=True)
         end = time.monotonic() + args.seconds if args.seconds else math.inf
@@ -163,7 +174,140 @@ def _add_sim(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_sim)
 
 
+# ---------------------------------------------------------------------- drivers
+def _load_cell_config(args: argparse.Namespace) -> Any:
+    from demuse_ros.drivers.cell import load_cell_config
+    from demuse_ros.paths import find_config
+
+    path = args.config or find_config("demuse.yaml")
+    return load_cell_config(str(path), overrides=_parse_overrides(args.set or []))
+
+
+def _add_cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="policy-node parameter file (default: the shipped config/demuse.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a driver parameter, e.g. --set arm.gain=500 (repeatable)",
+    )
+    p.add_argument(
+        "--sim", action="store_true", help="start the simulated cell and connect the drivers to it"
+    )
+    p.add_argument("--sim-config", help="twin parameter file (default: config/sim.yaml)")
+    p.add_argument(
+        "--personality", choices=("cb3", "e-series"), help="twin UR controller (with --sim)"
+    )
+    p.add_argument(
+        "--host", help="twin loopback address, 127.0.0.x (with --sim; default 127.0.0.1)"
+    )
+
+
+def _sim_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The twin's arguments in the shape _load_sim_config reads."""
+    return argparse.Namespace(
+        config=args.sim_config, personality=args.personality, host=args.host, set=[]
+    )
+
+
+def _drivers(args: argparse.Namespace) -> int:
+    import contextlib
+    import time
+
+    from demuse_ros.drivers.cell import Cell, sim_cell_config
+
+    log = logging.getLogger("demuse.drivers")
+    cell_config = _load_cell_config(args)
+    _stop_on_sigterm()
+    with contextlib.ExitStack() as stack:
+        if args.sim:
+            from demuse_ros.twin.runner import TwinProcess
+
+            twin = stack.enter_context(TwinProcess(_load_sim_config(_sim_args(args))))
+            cell_config = sim_cell_config(cell_config, twin.endpoints)
+            log.info("twin up: %s", twin.endpoints)
+        cell = stack.enter_context(Cell(cell_config))
+        log.info("drivers up; Ctrl-C stops the arm and closes everything")
+        end = time.monotonic() + args.seconds if args.seconds else math.inf
+        tick = PeriodicLoop(1.0 / args.report_s)
+        cell.ring_rates_hz()
+        try:
+            while time.monotonic() < end:
+                tick.wait()
+                rates, st = cell.ring_rates_hz(), cell.stats()
+                arm, ft, cam = st["arm"], st["ft"], st["camera"]
+                log.info(
+                    "arm %.1f Hz (servo %s, fault %d, hold %d, restarts %d)  ft %.1f Hz "
+                    "(errors %d)  camera %.1f fps (render->ring %.1f ms, dropped %d)",
+                    rates["arm"],
+                    f"{arm['servo_rate_hz']:.1f} Hz" if arm["servo_commands"] else "idle",
+                    arm["fault"],
+                    arm["hold"],
+                    arm["process_restarts"],
+                    rates["ft"],
+                    ft["timeouts"] + ft["exceptions"] + ft["io_errors"],
+                    rates["camera"],
+                    cam["twin_latency_ms_p50"] if args.sim else cam["latency_ms_p50"],
+                    cam["dropped"],
+                )
+        except KeyboardInterrupt:
+            log.info("Ctrl-C: stopping the arm, then the drivers")
+        if args.json:
+            print(_dumps(cell.stats()), flush=True)
+    log.info("all stopped")
+    return 0
+
+
+def _add_drivers(p: argparse.ArgumentParser) -> None:
+    _add_cell_args(p)
+    p.add_argument(
+        "--seconds", type=_positive_float, help="stop after this long (default: until Ctrl-C)"
+    )
+    p.add_argument(
+        "--report-s", type=_positive_float, default=1.0, help="print rates this often (default 1)"
+    )
+    p.add_argument("--json", action="store_true", help="print final driver statistics as JSON")
+    p.set_defaults(handler=_drivers)
+
+
 # ---------------------------------------------------------------------- bench
+def _bench_drivers(args: argparse.Namespace) -> int:
+    from demuse_ros.bench import drivers_bench
+
+    if not args.sim:
+        raise SystemExit(
+            "demuse bench drivers: this benchmark moves the arm in a circle; run it against "
+            "the simulated cell with --sim"
+        )
+    result = drivers_bench.run(
+        args.seconds,
+        _load_sim_config(_sim_args(args)),
+        cell_config=_load_cell_config(args),
+        load_workers=args.load_workers,
+        load_duty=args.load_duty,
+    )
+    _print_result(result, args.json)
+    return 0
+
+
+def _add_bench_drivers(p: argparse.ArgumentParser) -> None:
+    _add_cell_args(p)
+    p.add_argument(
+        "--seconds", type=_positive_float, default=10.0, help="length of each phase (default 10)"
+    )
+    p.add_argument(
+        "--load-workers", type=int, default=2, help="CPU-load processes (default 2 = all cores)"
+    )
+    p.add_argument(
+        "--load-duty",
+        type=float,
+        default=0.6,
+        help="busy fraction of each 100 ms (default 0.6: a 60 ms cpu-preset chunk per tick)",
+    )
+
+
 def _bench_sync(args: argparse.Namespace) -> int:
     from demuse_ros.bench import sync_bench
 
@@ -222,6 +366,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Hand
         _add_bench_twin,
         _bench_twin,
     ),
+    "drivers": (
+        "arm servo timing, F/T rate, camera fps and latency against the twin, idle and "
+        "under policy-sized CPU load",
+        _add_bench_drivers,
+        _bench_drivers,
+    ),
 }
 
 
@@ -237,6 +387,10 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 #: command name -> (help, add arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sim": ("run the simulated workcell (twin) and serve RTDE, Modbus and camera frames", _add_sim),
+    "drivers": (
+        "start the cell's drivers (arm, F/T + gripper, camera) and show live rates",
+        _add_drivers,
+    ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
 }
 
