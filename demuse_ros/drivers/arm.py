@@ -87,6 +87,8 @@ STATS = (
     "chunks_rejected",
     *(f"rejected_{r}" for r in REJECT_REASONS),
     "step_clamps",
+    "protective_holds",
+    "hold",
     "watchdog_stops",
     "faults",
     "fault",
@@ -95,6 +97,7 @@ STATS = (
     "servo_period_ms_p50",
     "servo_period_ms_p99",
     "servo_period_ms_max",
+    "servo_period_error_ms_p99",
     "control_rate_hz",
     "realtime",
     "connected",
@@ -166,6 +169,7 @@ class ArmDriver(Driver):
         self._hold_since_ns: int | None = None
         self._fault = False
         self._resetting_until_ns: int | None = None
+        self._ft: Any = None  # reader of the F/T ring (force/torque limit)
 
     @classmethod
     def schema(cls, config: Any) -> RecordSchema:
@@ -300,6 +304,8 @@ class ArmDriver(Driver):
                 self._reset(now)
             elif kind == "stop":
                 self._stop_motion()
+            elif kind == "reset_stats":  # start the servo timing statistics afresh
+                self._periods = PeriodRecorder()
             else:
                 self.count("errors")
 
@@ -338,6 +344,7 @@ class ArmDriver(Driver):
             return  # still stopped: unlock the robot first
         ctrl = self._ctrl
         self.filter.reset()
+        self.set("hold", 0.0)
         self._clear_plan()
         if not ctrl.isProgramRunning():
             ctrl.reuploadScript()
@@ -389,6 +396,32 @@ class ArmDriver(Driver):
         self._servoing = True
         self.count("servo_commands")
 
+    # -------------------------------------------------------------- force limit
+    def _check_wrench(self, now: int) -> None:
+        """Feed the newest F/T sample to the filter; a latched hold stops the motion."""
+        if not self.config.ft_ring:
+            return
+        if self._ft is None:
+            from demuse_ros.sync.streams import ft_schema
+            from demuse_ros.transport.ring_buffer import RingBuffer
+
+            try:
+                self._ft = RingBuffer.attach(self.config.ft_ring, ft_schema())
+            except FileNotFoundError:
+                self._ft = None
+        latest = self._ft.read_latest(("wrench",)) if self._ft is not None else None
+        if latest is not None:
+            self.filter.observe_wrench(latest["wrench"])
+        if self._plan is not None and not self.filter.hold_reason:
+            age_s = (now - latest["t_receive_ns"]) / NS_PER_S if latest else math.inf
+            if age_s > self.config.ft_max_age_s:
+                self.filter.hold(f"no force/torque sample for {age_s:.2f} s")
+        if self.filter.hold_reason and self._stats_value("hold") == 0.0:
+            self.log.warning("protective hold: %s", self.filter.hold_reason)
+            self.count("protective_holds")
+            self.set("hold", 1.0)
+            self._stop_motion()
+
     # -------------------------------------------------------------- loop
     def _cycle(self, ready: Any) -> None:
         self._read_state()
@@ -408,7 +441,8 @@ class ArmDriver(Driver):
                 self._resetting_until_ns = None  # script did not start: still faulted
                 self.count("errors")
         self._run_commands(now)
-        if not self._fault:
+        self._check_wrench(now)
+        if not self._fault and not self.filter.hold_reason:
             self._servo(now_ns())
 
     def run(self, stop: Any, ready: Any) -> None:
@@ -442,8 +476,15 @@ class ArmDriver(Driver):
                     next_publish = now + publish_every_ns
         finally:
             self._publish()
+            if self._ft is not None:
+                self._ft.close()
             if lost is not None:
                 self._exit_for_restart(lost)
+            if self._connected and not self._link_alive():
+                # Stopped while the controller is gone (e.g. the whole cell shutting down):
+                # any ur_rtde call would block in its own reconnect loop. Leave untouched.
+                self.set("connected", 0.0)
+                os._exit(0)
             ctrl = self._ctrl
             if ctrl is not None:
                 with contextlib.suppress(Exception):
@@ -452,6 +493,16 @@ class ArmDriver(Driver):
                     ctrl.stopScript()
             self._drop_handles()
             self.set("connected", 0.0)
+
+    def _link_alive(self) -> bool:
+        """Both interfaces connected and a package within ``stream_timeout_s``."""
+        try:
+            fresh = self._recv.getTimestamp() > self._last_ts or (
+                now_ns() - self._last_package_ns < self.config.stream_timeout_s * NS_PER_S
+            )
+            return bool(fresh and self._recv.isConnected() and self._ctrl.isConnected())
+        except Exception:
+            return False
 
     def _exit_for_restart(self, why: ConnectionLostError) -> None:
         """Leave without touching ur_rtde again (its own reconnect may be racing us)."""
@@ -462,9 +513,10 @@ class ArmDriver(Driver):
         os._exit(EXIT_RESTART)
 
     def _publish(self) -> None:
-        summary = self._periods.summary_ms()
+        summary = self._periods.summary_ms(self._period_ns)
         if summary is not None:
-            rate, p50, p99, pmax = summary
+            rate, p50, p99, pmax, error_p99 = summary
+            self.set("servo_period_error_ms_p99", error_p99)
             self.set("servo_rate_hz", rate)
             self.set("servo_period_ms_p50", p50)
             self.set("servo_period_ms_p99", p99)
@@ -502,6 +554,10 @@ class ArmDriverProcess(DriverProcess):
     def stop_motion(self) -> None:
         """servoStop and drop the plan."""
         self.send(("stop",))
+
+    def reset_timing_stats(self) -> None:
+        """Start the servo period statistics afresh (benchmarks: after a warm-up)."""
+        self.send(("reset_stats",))
 
 
 __all__ = [

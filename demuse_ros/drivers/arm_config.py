@@ -41,6 +41,17 @@ class ArmDriverConfig:
         "rtprio limit or CAP_SYS_NICE; without, the driver warns and runs at normal priority.",
         range=(0, 99),
     )
+    ft_ring: str = param(
+        "",
+        doc="Shared-memory ring of the F/T driver; its wrench feeds the safety filter's "
+        "force/torque limit (protective hold). The cell sets it; empty = no force limit.",
+    )
+    ft_max_age_s: float = param(
+        0.25,
+        doc="While servoing, an F/T sample older than this latches a protective hold.",
+        unit="s",
+        range=(0.01, 5.0),
+    )
     reconnect_min_s: float = param(
         0.1, doc="First reconnect backoff after a lost connection.", unit="s", range=(0.0, 60.0)
     )

@@ -56,30 +56,24 @@ from typing import Any, ClassVar
 import numpy as np
 
 from demuse_ros.config.schema import param, validate_fields
+from demuse_ros.drivers.ft_signal import (
+    MAX_FORCE_N,
+    MAX_WIDTH_M,
+    REG_CONTROL,
+    REG_TARGET_FORCE,
+    REG_ZERO,
+    STATE_COUNT,
+    STATE_START,
+    TWIN_LEFT_ROTVEC,
+    TWIN_RIGHT_ROTVEC,
+    WrenchProcessor,
+    decode_state,
+)
 from demuse_ros.drivers.process import Driver, DriverProcess
 from demuse_ros.sync.streams import ft_schema
 from demuse_ros.timing.clock import NS_PER_S, now_ns
 from demuse_ros.timing.loop import PeriodicLoop
 from demuse_ros.transport.schema import RecordSchema, capacity_for
-
-# Unit 65 registers (hardware.md §2.2).
-REG_ZERO = 0
-REG_TARGET_FORCE = 2  # 0.1 N; 2..4 are written in one FC16
-REG_CONTROL = 4
-STATE_START = 257
-STATE_COUNT = 26
-_I_STATUS = (0, 9)  # 257, 266
-_I_FT = (2, 11)  # 259..264, 268..273
-_I_WIDTH = 23  # 280
-_FT_SCALE = np.array([0.1, 0.1, 0.1, 0.01, 0.01, 0.01])  # register unit -> N, N·m
-
-MAX_WIDTH_M = 0.1
-MAX_FORCE_N = 40.0
-
-# Twin convention (see the module docstring): 2π/3 about (1, -1, 1)/√3 and (-1, -1, -1)/√3.
-_A = 2.0 * math.pi / (3.0 * math.sqrt(3.0))
-TWIN_LEFT_ROTVEC = (_A, -_A, _A)
-TWIN_RIGHT_ROTVEC = (-_A, -_A, -_A)
 
 STATS = (
     "samples",
@@ -92,6 +86,7 @@ STATS = (
     "connect_failures",
     "commands",
     "command_errors",
+    "gripper_plans",
     "overruns",
     "rate_hz",
     "period_ms_p99",
@@ -149,6 +144,12 @@ class FTDriverConfig:
         doc="Right sensor frame in the tool frame (rotation vector, sensor -> tool).",
         unit="rad",
     )
+    gripper_deadband_m: float = param(
+        0.002,
+        doc="A gripper plan commands a new width only when it differs this much from the last.",
+        unit="m",
+        range=(0.0, 0.1),
+    )
     read_budget_s: float = param(
         2.0, doc="How far behind a reader may fall (sizes the ring).", unit="s", range=(0.1, 60.0)
     )
@@ -165,83 +166,6 @@ class FTDriverConfig:
         for name in ("left_sensor_rotvec", "right_sensor_rotvec"):
             if len(getattr(self, name)) != 3:
                 raise ValueError(f"{name} must have 3 elements")
-
-
-def _rotvec_matrix(rotvec: Any) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_rotvec(np.asarray(rotvec, dtype=np.float64)).as_matrix()
-
-
-def decode_state(words: Any) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """The 26 unsigned words of block 257..282 -> (finger wrenches (2, 6), width m, statuses)."""
-    raw = np.asarray(words, dtype=np.uint16)
-    if raw.shape != (STATE_COUNT,):
-        raise ValueError(f"expected {STATE_COUNT} registers, got {raw.shape}")
-    signed = raw.view(np.int16).astype(np.float64)
-    fingers = np.stack([signed[i : i + 6] for i in _I_FT]) * _FT_SCALE
-    width_m = float(signed[_I_WIDTH]) * 1e-4
-    return fingers, width_m, (int(raw[_I_STATUS[0]]), int(raw[_I_STATUS[1]]))
-
-
-class WrenchProcessor:
-    """Per-sample wrench processing: rotate, mean, clip, causal Savitzky–Golay.
-
-    The filter is ``scipy.signal.savgol_coeffs(window, polyorder, pos=window-1,
-    use="dot")`` applied to the last ``window`` clipped means: the least-squares
-    polynomial through the window evaluated at its newest sample (causal, O(window)
-    per sample). Until ``window`` samples have been seen the clipped mean passes
-    through unsmoothed; :meth:`reset` (after a lost connection) starts over.
-    """
-
-    def __init__(self, config: FTDriverConfig) -> None:
-        self.rotations = (
-            np.stack(
-                [
-                    _rotvec_matrix(config.left_sensor_rotvec),
-                    _rotvec_matrix(config.right_sensor_rotvec),
-                ]
-            )
-            if config.rotate_to_tool
-            else None
-        )
-        self.limit = np.array([config.clip_force_n] * 3 + [config.clip_torque_nm] * 3)
-        self.window = config.savgol_window
-        if self.window > 1:
-            from scipy.signal import savgol_coeffs
-
-            self.coeffs = savgol_coeffs(
-                self.window, config.savgol_polyorder, pos=self.window - 1, use="dot"
-            )
-        else:
-            self.coeffs = np.ones(1)
-        self._history = np.zeros((self.window, 6))
-        self._seen = 0
-
-    def reset(self) -> None:
-        self._seen = 0
-
-    def combine(self, fingers: np.ndarray) -> np.ndarray:
-        """(2, 6) fingertip wrenches -> clipped mean (6,), before smoothing."""
-        if self.rotations is not None:
-            forces = np.einsum("kij,kj->ki", self.rotations, fingers[:, :3])
-            torques = np.einsum("kij,kj->ki", self.rotations, fingers[:, 3:])
-            mean = np.concatenate([forces.mean(axis=0), torques.mean(axis=0)])
-        else:
-            mean = fingers.mean(axis=0)
-        return np.clip(mean, -self.limit, self.limit)
-
-    def __call__(self, fingers: np.ndarray) -> np.ndarray:
-        x = self.combine(fingers)
-        if self.window == 1:
-            return x
-        hist = self._history
-        hist[:-1] = hist[1:]
-        hist[-1] = x
-        self._seen += 1
-        if self._seen < self.window:
-            return x
-        return self.coeffs @ hist
 
 
 # ------------------------------------------------------------------ commands
@@ -276,6 +200,9 @@ class FTDriver(Driver):
         self._backoff_s = cfg.reconnect_min_s
         self._next_connect_ns = 0
         self._ever_connected = False
+        # Gripper plan: (t_ns (N,), width register values (N,), force register value).
+        self._gripper_plan: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._gripper_width: int | None = None  # last width commanded (0.1 mm)
 
     @classmethod
     def schema(cls, config: Any) -> RecordSchema:
@@ -337,7 +264,29 @@ class FTDriver(Driver):
             except (OSError, EOFError, ValueError):  # the parent closed the queue
                 self.commands = None
                 return
-            self._execute(cmd)
+            if cmd[0] == "gripper_plan":
+                _, t_ns, widths, force = cmd
+                self._gripper_plan = (t_ns, widths, force)
+                self.count("gripper_plans")
+            else:
+                self._execute(cmd)
+
+    def _run_gripper_plan(self, now: int) -> None:
+        """Command the width of the latest waypoint due, if it moved past the deadband."""
+        plan = self._gripper_plan
+        if plan is None:
+            return
+        t_ns, widths, force = plan
+        i = int(np.searchsorted(t_ns, now, side="right")) - 1
+        if i < 0:
+            return
+        width = int(widths[i])
+        deadband = round(self.config.gripper_deadband_m * 1e4)
+        if self._gripper_width is None or abs(width - self._gripper_width) > deadband:
+            self._execute(("grip", force, width))
+            self._gripper_width = width
+        if i == len(t_ns) - 1:
+            self._gripper_plan = None
 
     def _execute(self, cmd: tuple) -> None:
         from pymodbus.exceptions import ConnectionException, ModbusException
@@ -433,6 +382,7 @@ class FTDriver(Driver):
                     if not self._connected:
                         continue
                 self._run_commands()
+                self._run_gripper_plan(now_ns())
                 if self._connected and self._poll() and not ready.is_set():
                     ready.set()
                 if cycle % publish_every == 0:
@@ -467,6 +417,20 @@ class FTDriverProcess(DriverProcess):
     def grip(self, width_m: float, force_n: float) -> None:
         """Move the fingers to ``width_m`` (0..0.1 m) with at most ``force_n`` (0..40 N)."""
         self.send(grip_command(width_m, force_n))
+
+    def send_gripper_plan(self, t_ns: Any, widths_m: Any, force_n: float) -> None:
+        """Widths (N,) in m at absolute host stamps (N,) int ns, replacing any earlier plan.
+
+        The driver commands the width of the latest waypoint whose time has come
+        when it differs from the last command by more than ``gripper_deadband_m``.
+        """
+        t = np.asarray(t_ns, dtype=np.int64)
+        widths = [grip_command(float(w), force_n) for w in np.asarray(widths_m).reshape(-1)]
+        if t.ndim != 1 or len(widths) != len(t) or np.any(np.diff(t) <= 0):
+            raise ValueError("t_ns must be strictly increasing and match widths_m one to one")
+        self.send(
+            ("gripper_plan", t, np.array([w[2] for w in widths]), widths[0][1] if widths else 0)
+        )
 
     def stop_gripper(self) -> None:
         """Stop the finger motion (register 4 = 0)."""

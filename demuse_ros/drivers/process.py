@@ -91,6 +91,16 @@ def _child(
     errors: Any,
     commands: Any,
 ) -> None:
+    # The parent coordinates shutdown (arm first); a terminal's Ctrl-C reaches the
+    # whole process group, so the child leaves SIGINT to the parent. SIGTERM (e.g.
+    # systemd stopping the whole group) and the parent's death stop it cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=lambda: (parent.join(), stop.set()), name="parent-watch", daemon=True
+        ).start()
     ring = RingBuffer.attach(ring_name, driver_cls.schema(config), writer=True)
     try:
         created.set()
@@ -180,7 +190,7 @@ class DriverProcess:
                     f"{self.name} driver did not start within {timeout_s} s{self._error_suffix()}"
                 )
             if wait_ready:
-                self._wait_ready(timeout_s)
+                self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -249,7 +259,7 @@ class DriverProcess:
                 last = self._errors.get_nowait()
         return last
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float) -> None:
         """Wait for data, but give up at once if the child died (and say why)."""
         waited = 0.0
         while not self._ready.wait(0.05):
@@ -314,9 +324,15 @@ class DriverProcess:
         try:
             if self._proc is not None and self._proc.pid is not None:
                 self._proc.join(timeout_s)
-                if self._proc.is_alive():
+                if self._proc.is_alive():  # stuck in cleanup: SIGTERM (= stop), then SIGKILL
+                    logging.getLogger(f"demuse.driver.{self.name}").warning(
+                        "%s driver did not stop within %.1f s; terminating it", self.name, timeout_s
+                    )
                     self._proc.terminate()
-                    self._proc.join(5.0)
+                    self._proc.join(2.0)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                    self._proc.join(2.0)
                 self.last_exit_code = self._proc.exitcode
         finally:
             self._proc = None

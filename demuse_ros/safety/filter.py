@@ -249,6 +249,12 @@ class SafetyFilter:
                 self.interventions["protective_hold"] += 1
         return bool(self.hold_reason)
 
+    def hold(self, reason: str) -> None:
+        """Latch a protective hold for a reason found outside the wrench (e.g. no F/T data)."""
+        if not self.hold_reason:
+            self.hold_reason = reason
+            self.interventions["protective_hold"] += 1
+
     def reset(self) -> None:
         """Clear a latched protective hold (an explicit operator action)."""
         self.hold_reason = ""

@@ -270,10 +270,15 @@ class PeriodRecorder:
     def restart(self) -> None:
         self._last = None  # a gap across a stop is not a period
 
-    def summary_ms(self) -> tuple[float, float, float, float] | None:
-        """(rate Hz, p50, p99, max ms) over the history, None before two marks."""
+    def summary_ms(self, nominal_ns: int = 0) -> tuple[float, float, float, float, float] | None:
+        """(rate Hz, p50, p99, max, p99 of |period - nominal_ns|) in ms over the history.
+
+        None before two marks.
+        """
         if self._n == 0:
             return None
-        periods = self._ring[: min(self._n, len(self._ring))] / 1e6
-        p50, p99 = np.percentile(periods, (50.0, 99.0))
-        return 1e3 / float(periods.mean()), float(p50), float(p99), float(periods.max())
+        periods_ns = self._ring[: min(self._n, len(self._ring))]
+        p50, p99 = np.percentile(periods_ns, (50.0, 99.0)) / 1e6
+        error_p99 = float(np.percentile(np.abs(periods_ns - nominal_ns), 99.0)) / 1e6
+        rate = 1e9 / float(periods_ns.mean())
+        return rate, float(p50), float(p99), float(periods_ns.max()) / 1e6, error_p99

@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import secrets
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +161,7 @@ def _render_main(
     counters: Any,
 ) -> None:
     """Render process: state snapshots in, camera frames out (see module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped through ``stop``
     from demuse_ros.twin.camera import CameraRenderer, RenderState
     from demuse_ros.twin.camera_feed import FrameWriter
 
@@ -402,6 +404,12 @@ _SERVICE = {
 
 def _twin_main(config: SimConfig, conn: Any) -> None:
     """Child process: run a :class:`RealtimeTwin` and answer requests until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (Ctrl-C hits the group)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(f"signal {signum}")  # leave through rt.stop()
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         rt = RealtimeTwin(config).start()
     except BaseException as exc:  # report start failures to the parent, then exit
