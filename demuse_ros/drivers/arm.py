@@ -54,6 +54,7 @@ import math
 import os
 import queue
 import sys
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -140,6 +141,7 @@ class ArmDriver(Driver):
     #: Wake this long before a package is due, then poll for it.
     EARLY_NS = 1_000_000
     POLL_S = 0.0001
+    CLEANUP_TIMEOUT_S = 2.0
 
     def __init__(self, config: Any, ring: Any, stats: Any, commands: Any = None) -> None:
         super().__init__(config, ring, stats, commands)
@@ -162,6 +164,7 @@ class ArmDriver(Driver):
         self._bits = 0
         self._last_ts = -math.inf
         self._last_package_ns = 0  # host time the last new package was seen
+        self._last_due_ns = 0  # when packages are missing: the last grid point waited for
         # Plan: None, or (t_ns (M,), poses (M, 6)) with t_ns[0] the anchor.
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
         self._command: np.ndarray | None = None  # last pose sent with servoL
@@ -228,15 +231,14 @@ class ArmDriver(Driver):
     def _await_package(self) -> bool:
         """Sleep until just before the next package is due, then poll; True if one came."""
         recv = self._recv
-        due = self._last_package_ns + self._period_ns
+        due = max(self._last_package_ns, self._last_due_ns) + self._period_ns
         sleep_until_ns(due - self.EARLY_NS, spin_ns=0)
         give_up = due + self._period_ns // 2
         while True:
             if recv.getTimestamp() > self._last_ts:
                 return True
-            now = now_ns()
-            if now >= give_up:
-                self._last_package_ns = due  # keep the grid; the next wait is a period on
+            if now_ns() >= give_up:
+                self._last_due_ns = due  # keep the grid: the next wait is a period on
                 return False
             time.sleep(self.POLL_S)
 
@@ -485,14 +487,25 @@ class ArmDriver(Driver):
                 # any ur_rtde call would block in its own reconnect loop. Leave untouched.
                 self.set("connected", 0.0)
                 os._exit(0)
-            ctrl = self._ctrl
-            if ctrl is not None:
-                with contextlib.suppress(Exception):
-                    ctrl.servoStop()
-                with contextlib.suppress(Exception):
-                    ctrl.stopScript()
-            self._drop_handles()
-            self.set("connected", 0.0)
+            # servoStop -> stopScript -> disconnect, with a deadline: if the controller
+            # vanished just now, ur_rtde blocks in its reconnect loop; do not hang in it.
+            done = threading.Event()
+            threading.Thread(target=self._close, args=(done,), daemon=True).start()
+            if not done.wait(self.CLEANUP_TIMEOUT_S):
+                self.log.warning("ur_rtde cleanup blocked (controller gone?); exiting anyway")
+                self.set("connected", 0.0)
+                os._exit(0)
+
+    def _close(self, done: threading.Event) -> None:
+        ctrl = self._ctrl
+        if ctrl is not None:
+            with contextlib.suppress(Exception):
+                ctrl.servoStop()
+            with contextlib.suppress(Exception):
+                ctrl.stopScript()
+        self._drop_handles()
+        self.set("connected", 0.0)
+        done.set()
 
     def _link_alive(self) -> bool:
         """Both interfaces connected and a package within ``stream_timeout_s``."""

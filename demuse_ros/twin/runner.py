@@ -162,6 +162,7 @@ def _render_main(
 ) -> None:
     """Render process: state snapshots in, camera frames out (see module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped through ``stop``
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     from demuse_ros.twin.camera import CameraRenderer, RenderState
     from demuse_ros.twin.camera_feed import FrameWriter
 
@@ -391,6 +392,7 @@ _SERVICE = {
     "freeze_camera": lambda rt, n: rt.freeze_camera(n),
     "drop_camera_frames": lambda rt, n: rt.drop_camera_frames(n),
     "drop_ur_connections": lambda rt: rt.servers.drop_connections(),
+    "pause_ur_stream": lambda rt, seconds: rt.servers.pause_stream(seconds),
     "modbus_fault": lambda rt, verb, *a: getattr(rt.modbus, verb)(*a),
     "arm_q": lambda rt: rt.twin.plant.arm_state().q.tolist(),
     "finger_wrenches": lambda rt: rt.twin.plant.gripper_state().finger_wrenches.tolist(),
