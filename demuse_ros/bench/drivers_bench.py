@@ -63,6 +63,7 @@ def _phase(cell: Cell, twin: Any, seconds: float, center: np.ndarray, t0_ns: int
         "servo_period_ms_p99": arm["servo_period_ms_p99"],
         "servo_period_ms_max": arm["servo_period_ms_max"],
         "servo_period_error_ms_p99": arm["servo_period_error_ms_p99"],
+        "package_period_error_ms_p99": arm["package_period_error_ms_p99"],
         "arm_state_hz": rates["arm"],
         "ft_rate_hz": rates["ft"],
         "camera_fps": rates["camera"],

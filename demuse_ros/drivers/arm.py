@@ -99,6 +99,7 @@ STATS = (
     "servo_period_ms_p99",
     "servo_period_ms_max",
     "servo_period_error_ms_p99",
+    "package_period_error_ms_p99",
     "control_rate_hz",
     "realtime",
     "connected",
@@ -159,6 +160,7 @@ class ArmDriver(Driver):
         self._dt_s = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.008
         self._period_ns = round(self._dt_s * NS_PER_S)
         self._periods = PeriodRecorder()
+        self._packages = PeriodRecorder()  # host arrival of each package (as detected)
         # State of the last read.
         self._pose = np.zeros(6)
         self._bits = 0
@@ -228,25 +230,30 @@ class ArmDriver(Driver):
         self._ctrl = self._recv = None
 
     # -------------------------------------------------------------- state
-    def _await_package(self) -> bool:
-        """Sleep until just before the next package is due, then poll; True if one came."""
+    def _await_package(self) -> int | None:
+        """Sleep until just before the next package is due, then poll for it.
+
+        Returns the host time it was seen, or None when it did not come within
+        half a period (the cycle then runs on the expected grid).
+        """
         recv = self._recv
         due = max(self._last_package_ns, self._last_due_ns) + self._period_ns
         sleep_until_ns(due - self.EARLY_NS, spin_ns=0)
         give_up = due + self._period_ns // 2
         while True:
             if recv.getTimestamp() > self._last_ts:
-                return True
+                return now_ns()
             if now_ns() >= give_up:
                 self._last_due_ns = due  # keep the grid: the next wait is a period on
-                return False
+                return None
             time.sleep(self.POLL_S)
 
-    def _read_state(self) -> None:
-        """Read one state; write a record when the package is new."""
+    def _read_state(self, t_seen: int | None) -> None:
+        """Read the whole state; write a record when the package is new.
+
+        ``t_seen``: when :meth:`_await_package` saw the package (its receive stamp).
+        """
         recv = self._recv
-        if not recv.isConnected() or not self._ctrl.isConnected():
-            raise ConnectionLostError("ur_rtde reports the connection lost")
         ts = recv.getTimestamp()
         q = recv.getActualQ()
         qd = recv.getActualQd()
@@ -255,8 +262,7 @@ class ArmDriver(Driver):
         robot_mode = recv.getRobotMode()
         safety_mode = recv.getSafetyMode()
         runtime_state = recv.getRuntimeState()
-        self._bits = int(recv.getSafetyStatusBits())
-        t_receive = now_ns()
+        t_receive = t_seen if t_seen is not None else now_ns()
         self._pose = np.asarray(pose, dtype=np.float64)
         if not math.isfinite(ts) or ts <= self._last_ts:
             if t_receive - self._last_package_ns > self.config.stream_timeout_s * NS_PER_S:
@@ -265,10 +271,15 @@ class ArmDriver(Driver):
                     f"no controller package for {self.config.stream_timeout_s} s"
                 )
             return  # the same package as last cycle: no new record
+        skipped = 0
         if math.isfinite(self._last_ts):
             skipped = round((ts - self._last_ts) / self._dt_s) - 1
             if skipped > 0:
                 self.count("packages_missed", skipped)
+        if skipped == 0:
+            self._packages.mark(t_receive)
+        else:
+            self._packages.restart()
         self._last_ts = ts
         self._last_package_ns = t_receive
         t_capture = self.mapper.update(ts, t_receive)
@@ -306,8 +317,9 @@ class ArmDriver(Driver):
                 self._reset(now)
             elif kind == "stop":
                 self._stop_motion()
-            elif kind == "reset_stats":  # start the servo timing statistics afresh
+            elif kind == "reset_stats":  # start the timing statistics afresh
                 self._periods = PeriodRecorder()
+                self._packages = PeriodRecorder()
             else:
                 self.count("errors")
 
@@ -425,27 +437,32 @@ class ArmDriver(Driver):
             self._stop_motion()
 
     # -------------------------------------------------------------- loop
-    def _cycle(self, ready: Any) -> None:
-        self._read_state()
-        if not ready.is_set() and self.ring.count > 0:
-            ready.set()
+    def _cycle(self, ready: Any, t_seen: int | None) -> None:
+        """One package: fault check and ``servoL`` first (least latency), then the rest."""
+        recv, ctrl = self._recv, self._ctrl
+        if not recv.isConnected() or not ctrl.isConnected():
+            raise ConnectionLostError("ur_rtde reports the connection lost")
+        self._bits = int(recv.getSafetyStatusBits())
         if self._bits & FAULT_MASK and not self._fault:
             self._fault = True
             self._resetting_until_ns = None
             self._clear_plan()  # the robot is stopped; never resume this plan
             self.count("faults")
             self.set("fault", 1.0)
+        if not self._fault and not self.filter.hold_reason:
+            self._servo(now_ns())
+        self._read_state(t_seen)
+        if not ready.is_set() and self.ring.count > 0:
+            ready.set()
         now = now_ns()
         if self._resetting_until_ns is not None:
-            if self._ctrl.isProgramRunning():
+            if ctrl.isProgramRunning():
                 self._clear_fault()
             elif now > self._resetting_until_ns:
                 self._resetting_until_ns = None  # script did not start: still faulted
                 self.count("errors")
         self._run_commands(now)
         self._check_wrench(now)
-        if not self._fault and not self.filter.hold_reason:
-            self._servo(now_ns())
 
     def run(self, stop: Any, ready: Any) -> None:
         denied = set_realtime_priority(self.config.realtime_priority)
@@ -463,9 +480,9 @@ class ArmDriver(Driver):
                     if not self._connected:
                         retry.wait()
                         continue
-                self._await_package()
+                t_seen = self._await_package()
                 try:
-                    self._cycle(ready)
+                    self._cycle(ready, t_seen)
                 except ConnectionLostError as exc:
                     lost = exc
                     break
@@ -534,6 +551,9 @@ class ArmDriver(Driver):
             self.set("servo_period_ms_p50", p50)
             self.set("servo_period_ms_p99", p99)
             self.set("servo_period_ms_max", pmax)
+        packages = self._packages.summary_ms(self._period_ns)
+        if packages is not None:
+            self.set("package_period_error_ms_p99", packages[4])
 
 
 class ArmDriverProcess(DriverProcess):

@@ -13,6 +13,7 @@ allow it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -45,4 +46,11 @@ def set_realtime_priority(priority: int) -> str | None:
     return None
 
 
-__all__ = ["set_realtime_priority"]
+def set_normal_priority() -> None:
+    """Back to SCHED_OTHER (for work a real-time parent spawned that must not preempt it)."""
+    if hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):  # not real-time to begin with
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+__all__ = ["set_normal_priority", "set_realtime_priority"]

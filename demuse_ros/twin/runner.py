@@ -38,7 +38,7 @@ import numpy as np
 from demuse_ros.config import ConfigError, param, validate_fields
 from demuse_ros.timing.clock import now_ns
 from demuse_ros.timing.loop import PeriodicLoop
-from demuse_ros.timing.realtime import set_realtime_priority
+from demuse_ros.timing.realtime import set_normal_priority, set_realtime_priority
 from demuse_ros.transport.ring_buffer import RingBuffer
 from demuse_ros.transport.schema import RecordSchema
 from demuse_ros.twin.camera_feed import CameraFeedConfig
@@ -163,6 +163,7 @@ def _render_main(
     """Render process: state snapshots in, camera frames out (see module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped through ``stop``
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    set_normal_priority()  # a real-time twin process must not hand its priority to rendering
     from demuse_ros.twin.camera import CameraRenderer, RenderState
     from demuse_ros.twin.camera_feed import FrameWriter
 
@@ -313,8 +314,11 @@ class RealtimeTwin:
             due = (now_ns() - self._wall_start_ns) // period_ns + 1 - ticks
             for _ in range(max(1, min(due, _MAX_CATCH_UP_TICKS))):
                 with self._lock:
-                    twin.step()
+                    # Send the state of this tick on the tick, as a controller does, and
+                    # then advance: the package leaves at the loop's wake-up time instead
+                    # of after a physics step of varying length.
                     servers.publish()
+                    twin.step()
                     ticks += 1
                     if twin.time_s >= next_frame_s:
                         next_frame_s += frame_period_s
@@ -412,6 +416,12 @@ def _twin_main(config: SimConfig, conn: Any) -> None:
         raise SystemExit(f"signal {signum}")  # leave through rt.stop()
 
     signal.signal(signal.SIGTERM, terminate)
+    # The whole process, before any thread exists: a normal-priority server thread
+    # holding the GIL would otherwise stall the real-time control thread whenever
+    # other load preempts it (priority inversion through the GIL).
+    denied = set_realtime_priority(config.realtime_priority)
+    if denied:
+        logging.getLogger("demuse.twin").warning("twin process: %s", denied)
     try:
         rt = RealtimeTwin(config).start()
     except BaseException as exc:  # report start failures to the parent, then exit
