@@ -3,12 +3,16 @@
 Extras (see README "Install"):
   sim       the simulated workcell and the real device client libraries it serves
   test      pytest, hypothesis, ruff
+  model     the policy model: torch, safetensors, tqdm, ONNX export and onnxruntime (CPU)
+  vae       diffusers, to load a Stable-Diffusion-format AutoencoderKL from a local folder
   gpu       CUDA inference through onnxruntime-gpu (install a CUDA torch build yourself)
   tensorrt  native TensorRT 10 engines (needs NVIDIA's index and a GPU)
 
 torch is pinned to 2.13.0. On Linux, PyPI's default torch wheel brings CUDA
-packages; CPU-only users install it first from PyTorch's CPU index (the Makefile
-does this through TORCH_INDEX_URL) and pip then keeps that build.
+packages; CPU-only users install torch==2.13.0 first from PyTorch's CPU-only
+wheel index (``pip install torch==2.13.0 --index-url <that index>``) and pip then
+keeps that build. The Makefile installs the extras with plain pip,
+which takes whatever torch 2.13.0 build pip's configuration finds first.
 """
 
 from glob import glob
@@ -34,6 +38,17 @@ extras_require = {
         "pytest>=8",
         "hypothesis>=6.100",
         "ruff>=0.6",
+    ],
+    "model": [
+        "torch==2.13.0",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "onnx>=1.16",
+        "onnxscript>=0.5",
+        "onnxruntime>=1.20",
+    ],
+    "vae": [
+        "diffusers>=0.30",
     ],
     "gpu": [
         "onnxruntime-gpu>=1.20",

@@ -354,6 +354,18 @@ def _add_bench_twin(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bench_model(p: argparse.ArgumentParser) -> None:
+    from demuse_ros.model import commands
+
+    commands.add_bench_model(p)
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from demuse_ros.model import commands
+
+    return commands.bench_model(args)
+
+
 #: bench name -> (help, add arguments, handler)
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "sync": (
@@ -372,6 +384,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Hand
         _add_bench_drivers,
         _bench_drivers,
     ),
+    "model": (
+        "policy model per preset: parameters, GFLOPs, CPU forward and DDIM-chunk latency",
+        _add_bench_model,
+        _bench_model,
+    ),
 }
 
 
@@ -384,6 +401,18 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
         bp.set_defaults(handler=handler)
 
 
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from demuse_ros.model import commands
+
+    commands.add_train(p)
+
+
+def _add_train_autoencoder(p: argparse.ArgumentParser) -> None:
+    from demuse_ros.model import commands
+
+    commands.add_train_autoencoder(p)
+
+
 #: command name -> (help, add arguments)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "sim": ("run the simulated workcell (twin) and serve RTDE, Modbus and camera frames", _add_sim),
@@ -392,6 +421,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         _add_drivers,
     ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
+    "train": ("train the DeMUSE policy (config/train.yaml) into a checkpoint folder", _add_train),
+    "train-autoencoder": (
+        "train the built-in image autoencoder on synthetic frames",
+        _add_train_autoencoder,
+    ),
 }
 
 

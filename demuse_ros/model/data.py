@@ -1,0 +1,287 @@
+"""Training data: the sample/episode interface, a synthetic generator, normalization statistics.
+
+Numpy only. The recorder (a later issue) plugs in by producing :class:`Episode`
+objects (one demonstration at the 10 Hz control rate, as the synchronizer aligns
+it); :class:`EpisodeWindows` turns any sequence of episodes into the
+:class:`PolicyDataset` the trainer reads. :func:`synthetic_episodes` makes
+episodes of a small, fully determined task so training can be tested end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+NORMALIZATION_FORMAT = "demuse-normalization"
+NORMALIZATION_VERSION = 1
+_STD_FLOOR = 1e-6  # a constant dimension normalizes to 0 instead of dividing by 0
+
+
+@dataclass
+class PolicySample:
+    """One training example at control tick k (SI units, raw: not normalized).
+
+    ``rgb[0]`` is the frame at tick k, ``rgb[j]`` the frame at ``k + j·frame_stride``;
+    ``actions[i]`` is the command issued at tick ``k + i``.
+    """
+
+    rgb: np.ndarray  # (1 + F, H, W, 3) uint8
+    depth_m: np.ndarray  # (H, W) float32 metres, at tick k
+    wrench: np.ndarray  # (6,) N, N·m at tick k
+    state: np.ndarray  # (state_dim,) TCP xyz m, rotvec rad, gripper m at tick k
+    actions: np.ndarray  # (H, action_dim) future commands
+    task: int
+
+
+class PolicyDataset(Protocol):
+    """What the trainer reads: indexable :class:`PolicySample` objects."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> PolicySample: ...
+
+
+@dataclass
+class Episode:
+    """One recorded demonstration at the control rate (what the recorder writes)."""
+
+    rgb: np.ndarray  # (T, H, W, 3) uint8
+    depth_m: np.ndarray  # (T, H, W) float32 metres
+    wrench: np.ndarray  # (T, 6) N, N·m
+    state: np.ndarray  # (T, state_dim)
+    actions: np.ndarray  # (T, action_dim) command issued at each tick
+    task: int
+
+    def __post_init__(self) -> None:
+        n = len(self.rgb)
+        for name in ("depth_m", "wrench", "state", "actions"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"Episode.{name} has {len(getattr(self, name))} ticks but rgb has {n}; "
+                    "every stream must be aligned to the same ticks"
+                )
+        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
+            raise ValueError(f"Episode.rgb must be (T, H, W, 3) uint8, got {self.rgb.shape}")
+
+
+class EpisodeWindows:
+    """A :class:`PolicyDataset` over episodes: one sample per tick of every episode.
+
+    Past the end of an episode the last frame and the last action repeat (the arm
+    holds), as in Diffusion Policy's sequence sampler.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        action_horizon: int,
+        n_future_frames: int,
+        frame_stride: int = 4,
+    ) -> None:
+        if not episodes:
+            raise ValueError("EpisodeWindows needs at least one episode")
+        self.episodes = list(episodes)
+        self.action_horizon, self.n_future_frames = action_horizon, n_future_frames
+        self.frame_stride = frame_stride
+        self._index = [(e, k) for e, ep in enumerate(self.episodes) for k in range(len(ep.rgb))]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> PolicySample:
+        e, k = self._index[index]
+        ep = self.episodes[e]
+        last = len(ep.rgb) - 1
+        frames = [min(k + j * self.frame_stride, last) for j in range(self.n_future_frames + 1)]
+        steps = [min(k + i, last) for i in range(self.action_horizon)]
+        return PolicySample(
+            rgb=ep.rgb[frames],
+            depth_m=ep.depth_m[k],
+            wrench=ep.wrench[k],
+            state=ep.state[k],
+            actions=ep.actions[steps],
+            task=ep.task,
+        )
+
+
+# ------------------------------------------------------------ synthetic data
+def synthetic_episodes(
+    n_episodes: int,
+    image_size_px: int,
+    n_tasks: int = 4,
+    ticks: int = 24,
+    seed: int = 0,
+) -> list[Episode]:
+    """Episodes of a small reach-and-press task whose actions follow from the observation.
+
+    The TCP starts at a random point above a table and moves at ≤ 2 cm per tick
+    toward its task's goal (one of ``n_tasks`` points), turning its yaw toward the
+    task's yaw and closing the gripper on arrival; it presses 1 cm into the table
+    there, so the wrench shows a contact force (1 N/mm). A top-down camera sees the
+    TCP as a disc (brighter and larger the higher it is) and the goal as a square
+    whose colour encodes the task; depth is the table at 1 m with the TCP in front.
+    The command at each tick is the next state, so actions are a deterministic
+    function of (state, task): a model can fit them exactly.
+    """
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * np.arange(n_tasks) / n_tasks
+    goals = np.stack([0.15 * np.cos(angles), 0.15 * np.sin(angles), np.full(n_tasks, -0.01)], 1)
+    yaws = np.linspace(-1.0, 1.0, n_tasks) if n_tasks > 1 else np.zeros(1)
+    episodes = []
+    for i in range(n_episodes):
+        task = i % n_tasks
+        pos = np.array([*rng.uniform(-0.2, 0.2, 2), rng.uniform(0.05, 0.15)])
+        yaw, grip = 0.0, 0.08
+        states = []
+        for _ in range(ticks + 1):
+            states.append([*pos, 0.0, 0.0, yaw, grip])
+            pos = pos + np.clip(goals[task] - pos, -0.02, 0.02)
+            yaw = yaw + np.clip(yaws[task] - yaw, -0.2, 0.2)
+            near = np.linalg.norm(goals[task][:2] - pos[:2]) < 0.01
+            grip = max(0.0, grip - 0.02) if near else grip
+        states = np.asarray(states, dtype=np.float32)  # (T + 1, 7)
+        rgb, depth, wrench = zip(
+            *(_render(s, goals[task], task, n_tasks, image_size_px) for s in states[:-1]),
+            strict=True,
+        )
+        episodes.append(
+            Episode(
+                rgb=np.stack(rgb),
+                depth_m=np.stack(depth),
+                wrench=np.stack(wrench),
+                state=states[:-1],
+                actions=states[1:],
+                task=task,
+            )
+        )
+    return episodes
+
+
+def _render(
+    state: np.ndarray, goal: np.ndarray, task: int, n_tasks: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-down camera over a ±0.25 m table: (RGB uint8, depth m, wrench N/N·m)."""
+    px = (np.arange(size) + 0.5) / size * 0.5 - 0.25  # pixel centres in metres
+    yy, xx = np.meshgrid(px, px, indexing="ij")
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[..., 0], img[..., 1], img[..., 2] = 0.3 + xx, 0.3 + yy, 0.35  # table gradient
+    hue = task / max(n_tasks, 1)
+    square = (np.abs(xx - goal[0]) < 0.03) & (np.abs(yy - goal[1]) < 0.03)
+    img[square] = (hue, 1.0 - hue, 0.9)
+    height = max(float(state[2]), 0.0)
+    radius = 0.025 + 0.15 * height
+    disc = (xx - state[0]) ** 2 + (yy - state[1]) ** 2 < radius**2
+    img[disc] = 0.5 + 3.0 * height
+    rgb = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    depth = np.full((size, size), 1.0, dtype=np.float32)
+    depth[disc] = 1.0 - max(float(state[2]), -0.01) - 0.05
+    press_mm = max(0.0, -float(state[2])) * 1000.0
+    wrench = np.array([0.0, 0.0, -press_mm, 0.0, 0.0, 0.0], dtype=np.float32)  # 1 N/mm
+    return rgb, depth, wrench
+
+
+#: data source name -> factory(n_episodes, image_size_px, n_tasks, ticks, seed) (STYLE §6).
+DATASETS: dict[str, Callable[..., list[Episode]]] = {"synthetic": synthetic_episodes}
+
+
+# ------------------------------------------------------------ normalization
+@dataclass(frozen=True)
+class Stat:
+    """Per-dimension Z-score statistics."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Stat:
+        v = np.asarray(values, dtype=np.float64)
+        return cls(tuple(v.mean(0).ravel().tolist()), tuple(v.std(0).ravel().tolist()))
+
+    def normalize(self, x: Any) -> Any:
+        """``(x − mean) / std`` on the last axis; numpy or torch (same type back)."""
+        mean, std = self._arrays(x)
+        return (x - mean) / std
+
+    def unnormalize(self, x: Any) -> Any:
+        mean, std = self._arrays(x)
+        return x * std + mean
+
+    def _arrays(self, like: Any) -> tuple[Any, Any]:
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.maximum(np.asarray(self.std, dtype=np.float32), _STD_FLOOR)
+        if isinstance(like, np.ndarray):
+            return mean, std
+        return like.new_tensor(mean), like.new_tensor(std)  # torch
+
+
+@dataclass(frozen=True)
+class NormalizationStats:
+    """Global Z-score statistics stored next to a checkpoint (DESIGN §5, paper C.2).
+
+    ``depth_m`` is one scalar statistic over all pixels (metres).
+    """
+
+    state: Stat
+    actions: Stat
+    wrench: Stat
+    depth_m: Stat
+
+    @classmethod
+    def compute(
+        cls, dataset: PolicyDataset, max_samples: int = 4096, seed: int = 0
+    ) -> NormalizationStats:
+        """Statistics over up to ``max_samples`` samples (all when the dataset is smaller)."""
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("cannot compute normalization statistics of an empty dataset")
+        idx = np.arange(n)
+        if n > max_samples:
+            idx = np.random.default_rng(seed).choice(n, max_samples, replace=False)
+        samples = [dataset[int(i)] for i in idx]
+        actions = np.concatenate([s.actions for s in samples])  # every future action counts
+        depth = np.concatenate([s.depth_m.reshape(-1, 1) for s in samples])
+        return cls(
+            state=Stat.of(np.stack([s.state for s in samples])),
+            actions=Stat.of(actions),
+            wrench=Stat.of(np.stack([s.wrench for s in samples])),
+            depth_m=Stat.of(depth),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body = {k: {"mean": list(s.mean), "std": list(s.std)} for k, s in self._items()}
+        return {"format": NORMALIZATION_FORMAT, "version": NORMALIZATION_VERSION, **body}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<dict>") -> NormalizationStats:
+        if data.get("format") != NORMALIZATION_FORMAT:
+            raise ValueError(f"{source}: not a {NORMALIZATION_FORMAT} file")
+        if data.get("version") != NORMALIZATION_VERSION:
+            raise ValueError(
+                f"{source}: normalization version {data.get('version')!r}; this code reads "
+                f"version {NORMALIZATION_VERSION}"
+            )
+        try:
+            return cls(
+                **{
+                    k: Stat(tuple(map(float, data[k]["mean"])), tuple(map(float, data[k]["std"])))
+                    for k in ("state", "actions", "wrench", "depth_m")
+                }
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source}: malformed normalization statistics ({err!r})") from err
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NormalizationStats:
+        return cls.from_json(json.loads(Path(path).read_text()), str(path))
+
+    def _items(self) -> list[tuple[str, Stat]]:
+        return [(k, getattr(self, k)) for k in ("state", "actions", "wrench", "depth_m")]

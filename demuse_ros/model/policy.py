@@ -1,0 +1,142 @@
+"""From raw observations to model tensors, and the observation → action-chunk policy.
+
+:class:`BatchEncoder` is the one place where frames are cropped and resized,
+encoded to latents, depth is pooled to the latent grid and everything is
+Z-scored, so training and deployment see identical inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autoencoder import images_to_tensor
+from .checkpoint import PolicyCheckpoint, load_policy
+from .config import ModelConfig
+from .data import NormalizationStats, PolicySample
+from .diffusion import Conditions, DDIMSampler, ModelBatch
+
+
+def _center_square(x: torch.Tensor) -> torch.Tensor:
+    """Crops the last two axes to their centred square."""
+    h, w = x.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return x[..., top : top + s, left : left + s]
+
+
+class BatchEncoder:
+    """Turns raw arrays into normalized model tensors on ``device``."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        normalization: NormalizationStats,
+        autoencoder: nn.Module | None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if "rgb" in cfg.modalities and autoencoder is None:
+            raise ValueError("the model uses RGB, so an autoencoder is needed")
+        self.cfg, self.norm, self.autoencoder = cfg, normalization, autoencoder
+        self.device = torch.device(device)
+
+    def _t(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def latents(self, rgb: np.ndarray) -> torch.Tensor:
+        """``(B, n, H, W, 3)`` uint8 frames → ``(B, n·C, h, w)`` scaled latents."""
+        B, n = rgb.shape[:2]
+        x = images_to_tensor(torch.as_tensor(rgb, device=self.device)).flatten(0, 1)
+        x = _center_square(x)  # (B·n, 3, s, s)
+        size = self.cfg.image_size_px
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        z = self.autoencoder.encode(x)  # (B·n, C, h, w)
+        return z.reshape(B, n * z.shape[1], *z.shape[2:])
+
+    def depth(self, depth_m: np.ndarray) -> torch.Tensor:
+        """``(B, H, W)`` metres → ``(B, 1, h, w)`` normalized, area-pooled to the latent grid."""
+        d = _center_square(self._t(depth_m)[:, None])
+        d = F.adaptive_avg_pool2d(d, self.cfg.latent_size)
+        return self.norm.depth_m.normalize(d)
+
+    def batch(self, samples: Sequence[PolicySample]) -> ModelBatch:
+        """Training batch from raw samples (clean targets, normalized)."""
+        mods = self.cfg.modalities
+        return ModelBatch(
+            rgb_latents=self.latents(np.stack([s.rgb for s in samples])) if "rgb" in mods else None,
+            depth=self.depth(np.stack([s.depth_m for s in samples])) if "depth" in mods else None,
+            wrench=self.norm.wrench.normalize(self._t(np.stack([s.wrench for s in samples])))
+            if "force" in mods
+            else None,
+            state=self.norm.state.normalize(self._t(np.stack([s.state for s in samples]))),
+            actions=self.norm.actions.normalize(self._t(np.stack([s.actions for s in samples]))),
+            task=torch.as_tensor([s.task for s in samples], dtype=torch.long, device=self.device),
+        )
+
+    def conditions(
+        self,
+        rgb: np.ndarray | None,
+        depth_m: np.ndarray | None,
+        wrench: np.ndarray | None,
+        state: np.ndarray,
+        task: Sequence[int],
+    ) -> Conditions:
+        """Sampling conditions from the current observation, batched:
+        ``rgb (B, H, W, 3)`` uint8, ``depth_m (B, H, W)``, ``wrench (B, 6)``, ``state (B, S)``.
+        """
+        mods = self.cfg.modalities
+        return Conditions(
+            rgb_latent=self.latents(np.asarray(rgb)[:, None]) if "rgb" in mods else None,
+            depth=self.depth(depth_m) if "depth" in mods else None,
+            wrench=self.norm.wrench.normalize(self._t(wrench)) if "force" in mods else None,
+            state=self.norm.state.normalize(self._t(state)),
+            task=torch.as_tensor(list(task), dtype=torch.long, device=self.device),
+        )
+
+
+class DeMUSEPolicy:
+    """A loaded checkpoint + sampler: current observation → action chunk in SI units."""
+
+    def __init__(
+        self,
+        checkpoint: PolicyCheckpoint,
+        steps: int | None = None,
+        dust_q: int | None = None,
+        cache_experts: bool | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        cfg = checkpoint.config
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.to(device).eval()
+        if cache_experts is None:
+            cache_experts = cfg.model.router == "noise"
+        self.encoder = BatchEncoder(
+            cfg.model, checkpoint.normalization, checkpoint.autoencoder, device
+        )
+        self.sampler = DDIMSampler(self.model, cfg.diffusion, steps, dust_q, cache_experts)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], device: str = "cpu", **kwargs) -> DeMUSEPolicy:
+        return cls(load_policy(folder, device), device=device, **kwargs)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        rgb: np.ndarray | None,
+        depth_m: np.ndarray | None,
+        wrench: np.ndarray | None,
+        state: np.ndarray,
+        task: Sequence[int],
+        generator: torch.Generator | None = None,
+    ) -> np.ndarray:
+        """Denoises one chunk: actions ``(B, H, action_dim)`` in the dataset's units."""
+        cond = self.encoder.conditions(rgb, depth_m, wrench, state, task)
+        _, actions = self.sampler.sample(cond, generator=generator)
+        return self.checkpoint.normalization.actions.unnormalize(actions).cpu().numpy()
