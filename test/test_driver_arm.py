@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from demuse_ros.drivers.arm import ArmDriverConfig, ArmDriverProcess
-from demuse_ros.drivers.arm_path import interpolate_pose, validate_chunk
+from demuse_ros.drivers.arm_path import (
+    WaypointPlan,
+    future_waypoints,
+    interpolate_pose,
+    validate_chunk,
+)
 from demuse_ros.drivers.process import describe_exit
 from demuse_ros.kinematics.ur import matrix_to_rotvec, rotvec_to_matrix
 from demuse_ros.timing.clock import now_ns
@@ -67,6 +72,19 @@ def test_interpolate_pose_linear_and_slerp() -> None:
         q, _ = interpolate_pose(t, np.stack([np.r_[0, 0, 0, r0], np.r_[0, 0, 0, r1]]), 100 * a)
         ref = Slerp([0.0, 1.0], Rotation.from_rotvec([r0, r1]))(a).as_rotvec()
         assert np.allclose(q[3:], ref, atol=1e-9)
+
+
+def test_waypoint_plan_starts_at_the_anchor_and_forgets_passed_segments() -> None:
+    t = np.array([100, 200, 300], dtype=np.int64)
+    poses = np.zeros((3, 6))
+    poses[:, 0] = [0.1, 0.2, 0.3]
+    ahead_t, ahead_p = future_waypoints(150, t, poses)
+    assert ahead_t.tolist() == [200, 300] and np.allclose(ahead_p[:, 0], [0.2, 0.3])
+    plan = WaypointPlan(150, np.zeros(6), ahead_t, ahead_p)
+    assert plan.target(150)[0] == 0.0  # no jump: starts where the arm was commanded
+    assert plan.target(175)[0] == pytest.approx(0.1)
+    assert plan.target(250)[0] == pytest.approx(0.25) and len(plan.t_ns) == 2
+    assert plan.target(400)[0] == pytest.approx(0.3) and plan.end_ns == 300
 
 
 def test_chunk_stamps_must_increase() -> None:

@@ -30,18 +30,14 @@ plan is dropped, every chunk is refused until :meth:`ArmDriverProcess.reset_faul
 which (once the robot has been unlocked) re-uploads the control script if it is
 not running and then clears the fault.
 
-Lost connection: either interface reports disconnected, a call raises, or no
-new package arrives for ``stream_timeout_s``. ``ur_rtde`` 1.6.5 then runs its
-own reconnect inside its threads, which crashed the process with SIGSEGV in
-most tries against the twin (with or without our calls; see the README). So the
-driver does not reconnect in-process: it exits with
+Lost connection (either interface reports it, a call raises, or no package for
+``stream_timeout_s``): ``ur_rtde`` 1.6.5's own in-process reconnect crashed with
+SIGSEGV against the twin, so the driver exits with
 :data:`~demuse_ros.drivers.process.EXIT_RESTART` and its supervisor starts a
 fresh process after a backoff (``reconnect_min_s`` doubling to
-``reconnect_max_s``), which connects anew (the constructor re-uploads the
-control script, so the arm holds where it is). A plan never survives: the new
-process starts without one, and it refuses chunks that were *sent* before it
-connected (``rejected_stale``), so the arm never resumes toward a stale target.
-A crash inside ``ur_rtde`` takes the same path.
+``reconnect_max_s``). The new process has no plan and refuses chunks *sent*
+before it connected (``rejected_stale``): the arm never resumes toward a stale
+target. A crash inside ``ur_rtde`` takes the same path.
 
 Cleanup on a normal stop (``finally``): ``servoStop`` → ``stopScript`` → ``disconnect``.
 """
@@ -60,73 +56,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from demuse_ros.drivers.arm_config import ArmDriverConfig
-from demuse_ros.drivers.arm_path import interpolate_pose, validate_chunk
+from demuse_ros.drivers.arm_config import (
+    FAULT_MASK,
+    STATS,
+    ArmDriverConfig,
+    measure_rate_hz,
+)
+from demuse_ros.drivers.arm_path import WaypointPlan, future_waypoints, validate_chunk
 from demuse_ros.drivers.process import EXIT_RESTART, Driver, DriverProcess
-from demuse_ros.safety.filter import REASONS, SafetyFilter
+from demuse_ros.safety.filter import SafetyFilter
+from demuse_ros.safety.wrench_guard import WrenchGuard
 from demuse_ros.sync.streams import arm_schema
 from demuse_ros.timing.clock import NS_PER_S, now_ns
 from demuse_ros.timing.clock_mapper import ClockMapper
 from demuse_ros.timing.loop import PeriodicLoop, PeriodRecorder, sleep_until_ns
 from demuse_ros.timing.realtime import set_realtime_priority
 from demuse_ros.transport.schema import RecordSchema, capacity_for
-
-#: Safety status bits that latch a fault: protective stop (2), emergency stop (7).
-PROTECTIVE_STOP_BIT = 2
-EMERGENCY_STOP_BIT = 7
-FAULT_MASK = (1 << PROTECTIVE_STOP_BIT) | (1 << EMERGENCY_STOP_BIT)
-
-#: Why a chunk can be refused: the filter's reasons, a latched fault, or sent
-#: before the current connection (a stale plan).
-REJECT_REASONS = (*(r for r in REASONS if r != "step_clamped"), "fault", "stale")
-
-STATS = (
-    "state_records",
-    "packages_missed",
-    "servo_commands",
-    "chunks_accepted",
-    "chunks_rejected",
-    *(f"rejected_{r}" for r in REJECT_REASONS),
-    "step_clamps",
-    "protective_holds",
-    "hold",
-    "watchdog_stops",
-    "faults",
-    "fault",
-    "resets",
-    "servo_rate_hz",
-    "servo_period_ms_p50",
-    "servo_period_ms_p99",
-    "servo_period_ms_max",
-    "servo_period_error_ms_p99",
-    "package_period_error_ms_p99",
-    "control_rate_hz",
-    "realtime",
-    "connected",
-    "connects",
-    "reconnects",
-    "disconnects",
-    "stream_timeouts",
-    "connect_failures",
-    "errors",
-)
-
-
-def _measure_rate_hz(recv: Any, timeout_s: float = 1.0) -> float:
-    """125 or 500 Hz from the controller timestamp step (ur_rtde chose it by version)."""
-    last = recv.getTimestamp()
-    steps: list[float] = []
-    poll = PeriodicLoop(2000.0)  # sample the stream at 4x the fastest controller rate
-    deadline = time.monotonic() + timeout_s
-    while len(steps) < 8 and time.monotonic() < deadline:
-        poll.wait()
-        ts = recv.getTimestamp()
-        if ts > last:
-            steps.append(ts - last)
-            last = ts
-    if not steps:
-        return 125.0
-    return 125.0 if min(steps) > 0.004 else 500.0
 
 
 class ConnectionLostError(RuntimeError):
@@ -167,14 +112,15 @@ class ArmDriver(Driver):
         self._last_ts = -math.inf
         self._last_package_ns = 0  # host time the last new package was seen
         self._last_due_ns = 0  # when packages are missing: the last grid point waited for
-        # Plan: None, or (t_ns (M,), poses (M, 6)) with t_ns[0] the anchor.
-        self._plan: tuple[np.ndarray, np.ndarray] | None = None
+        self._plan: WaypointPlan | None = None
         self._command: np.ndarray | None = None  # last pose sent with servoL
         self._servoing = False
-        self._hold_since_ns: int | None = None
         self._fault = False
         self._resetting_until_ns: int | None = None
-        self._ft: Any = None  # reader of the F/T ring (force/torque limit)
+        self._wrench = (
+            WrenchGuard(cfg.ft_ring, self.filter, cfg.ft_max_age_s) if cfg.ft_ring else None
+        )
+        self._holding = False
 
     @classmethod
     def schema(cls, config: Any) -> RecordSchema:
@@ -205,7 +151,7 @@ class ArmDriver(Driver):
             self._backoff_s = min(max(self._backoff_s, 1e-3) * 2.0, cfg.reconnect_max_s)
             return
         if cfg.frequency_hz <= 0 and self.rate_hz <= 0:
-            self.rate_hz = _measure_rate_hz(self._recv)
+            self.rate_hz = measure_rate_hz(self._recv)
             self._dt_s = 1.0 / self.rate_hz
             self._period_ns = round(self._dt_s * NS_PER_S)
         self._connected = True
@@ -338,18 +284,13 @@ class ArmDriver(Driver):
         if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
             self._reject("bad_stamps")
             return
-        t = t.astype(np.int64)
-        p = np.asarray(poses, dtype=np.float64)
-        # Drop the waypoints already in the past (a chunk that arrives late).
-        future = t > now
-        t, p = (t[future], p[future]) if p.shape[:1] == t.shape else (t, p)
+        t, p = future_waypoints(now, t.astype(np.int64), np.asarray(poses, dtype=np.float64))
         verdict = self.filter.check_chunk(self._pose, now, t, p)
         if not verdict.ok:
             self._reject(verdict.reason)
             return
         start = self._command if self._servoing and self._command is not None else self._pose
-        self._plan = (np.concatenate([[now], t]), np.vstack([start, p]))
-        self._hold_since_ns = None
+        self._plan = WaypointPlan(now, start, t, p)
         self.count("chunks_accepted")
 
     def _reset(self, now: int) -> None:
@@ -358,6 +299,7 @@ class ArmDriver(Driver):
             return  # still stopped: unlock the robot first
         ctrl = self._ctrl
         self.filter.reset()
+        self._holding = False
         self.set("hold", 0.0)
         self._clear_plan()
         if not ctrl.isProgramRunning():
@@ -373,7 +315,6 @@ class ArmDriver(Driver):
 
     def _clear_plan(self) -> None:
         self._plan = None
-        self._hold_since_ns = None
         self._command = None
         self._servoing = False
         self._periods.restart()
@@ -388,17 +329,11 @@ class ArmDriver(Driver):
         plan = self._plan
         if plan is None:
             return
-        t_ns, poses = plan
-        target, i = interpolate_pose(t_ns, poses, now)
-        if i > 0 and i < len(t_ns) - 1:  # drop the waypoints already passed
-            self._plan = plan = (t_ns[i:], poses[i:])
-        if now >= t_ns[-1]:
-            if self._hold_since_ns is None:
-                self._hold_since_ns = int(t_ns[-1])
-            if now - self._hold_since_ns >= self.config.watchdog_s * NS_PER_S:
-                self.count("watchdog_stops")
-                self._stop_motion()
-                return
+        if now - plan.end_ns >= self.config.watchdog_s * NS_PER_S:  # nothing ahead for long
+            self.count("watchdog_stops")
+            self._stop_motion()
+            return
+        target = plan.target(now)
         previous = self._command if self._command is not None else self._pose
         command, clamped = self.filter.limit_step(previous, target)
         if clamped:
@@ -412,25 +347,11 @@ class ArmDriver(Driver):
 
     # -------------------------------------------------------------- force limit
     def _check_wrench(self, now: int) -> None:
-        """Feed the newest F/T sample to the filter; a latched hold stops the motion."""
-        if not self.config.ft_ring:
+        """The F/T force limit (:class:`WrenchGuard`); a latched hold stops the motion."""
+        if self._wrench is None:
             return
-        if self._ft is None:
-            from demuse_ros.sync.streams import ft_schema
-            from demuse_ros.transport.ring_buffer import RingBuffer
-
-            try:
-                self._ft = RingBuffer.attach(self.config.ft_ring, ft_schema())
-            except FileNotFoundError:
-                self._ft = None
-        latest = self._ft.read_latest(("wrench",)) if self._ft is not None else None
-        if latest is not None:
-            self.filter.observe_wrench(latest["wrench"])
-        if self._plan is not None and not self.filter.hold_reason:
-            age_s = (now - latest["t_receive_ns"]) / NS_PER_S if latest else math.inf
-            if age_s > self.config.ft_max_age_s:
-                self.filter.hold(f"no force/torque sample for {age_s:.2f} s")
-        if self.filter.hold_reason and self._stats_value("hold") == 0.0:
+        if self._wrench.update(now, moving=self._plan is not None) and not self._holding:
+            self._holding = True
             self.log.warning("protective hold: %s", self.filter.hold_reason)
             self.count("protective_holds")
             self.set("hold", 1.0)
@@ -495,8 +416,8 @@ class ArmDriver(Driver):
                     next_publish = now + publish_every_ns
         finally:
             self._publish()
-            if self._ft is not None:
-                self._ft.close()
+            if self._wrench is not None:
+                self._wrench.close()
             if lost is not None:
                 self._exit_for_restart(lost)
             if self._connected and not self._link_alive():
@@ -599,6 +520,5 @@ __all__ = [
     "ArmDriverConfig",
     "ArmDriverProcess",
     "ConnectionLostError",
-    "interpolate_pose",
     "validate_chunk",
 ]

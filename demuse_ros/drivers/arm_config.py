@@ -1,11 +1,54 @@
-"""Parameters of the UR arm driver (``arm:`` in the policy node's parameter file)."""
+"""UR arm driver: parameters (``arm:`` in the policy node's file), counters, controller facts."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from demuse_ros.config.schema import param, validate_fields
-from demuse_ros.safety.filter import SafetyConfig
+from demuse_ros.safety.filter import REASONS, SafetyConfig
+from demuse_ros.timing.loop import PeriodicLoop
+
+#: Safety status bits that latch a fault: protective stop (2), emergency stop (7).
+PROTECTIVE_STOP_BIT = 2
+EMERGENCY_STOP_BIT = 7
+FAULT_MASK = (1 << PROTECTIVE_STOP_BIT) | (1 << EMERGENCY_STOP_BIT)
+
+#: Why a chunk can be refused: the filter's reasons, a latched fault, or sent
+#: before the current connection (a stale plan).
+REJECT_REASONS = (*(r for r in REASONS if r != "step_clamped"), "fault", "stale")
+
+STATS = (
+    "state_records",
+    "packages_missed",
+    "servo_commands",
+    "chunks_accepted",
+    "chunks_rejected",
+    *(f"rejected_{r}" for r in REJECT_REASONS),
+    "step_clamps",
+    "protective_holds",
+    "hold",
+    "watchdog_stops",
+    "faults",
+    "fault",
+    "resets",
+    "servo_rate_hz",
+    "servo_period_ms_p50",
+    "servo_period_ms_p99",
+    "servo_period_ms_max",
+    "servo_period_error_ms_p99",
+    "package_period_error_ms_p99",
+    "control_rate_hz",
+    "realtime",
+    "connected",
+    "connects",
+    "reconnects",
+    "disconnects",
+    "stream_timeouts",
+    "connect_failures",
+    "errors",
+)
 
 
 @dataclass(frozen=True)
@@ -77,4 +120,21 @@ class ArmDriverConfig:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
 
 
-__all__ = ["ArmDriverConfig"]
+def measure_rate_hz(recv: Any, timeout_s: float = 1.0) -> float:
+    """125 or 500 Hz from the controller timestamp step (ur_rtde chose it by version)."""
+    last = recv.getTimestamp()
+    steps: list[float] = []
+    poll = PeriodicLoop(2000.0)  # sample the stream at 4x the fastest controller rate
+    deadline = time.monotonic() + timeout_s
+    while len(steps) < 8 and time.monotonic() < deadline:
+        poll.wait()
+        ts = recv.getTimestamp()
+        if ts > last:
+            steps.append(ts - last)
+            last = ts
+    if not steps:
+        return 125.0
+    return 125.0 if min(steps) > 0.004 else 500.0
+
+
+__all__ = ["FAULT_MASK", "REJECT_REASONS", "STATS", "ArmDriverConfig", "measure_rate_hz"]

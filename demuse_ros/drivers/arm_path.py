@@ -59,4 +59,37 @@ def interpolate_pose(t_ns: np.ndarray, poses: np.ndarray, t: int) -> tuple[np.nd
     return out, i
 
 
-__all__ = ["interpolate_pose", "validate_chunk"]
+class WaypointPlan:
+    """Accepted waypoints ahead of the arm, anchored at the pose commanded on acceptance.
+
+    ``t_ns[0]``/``poses[0]`` is the anchor (acceptance time, last commanded or actual
+    pose), so motion starts from where the arm is, not with a jump to waypoint 1.
+    """
+
+    def __init__(self, now_ns: int, start: np.ndarray, t_ns: np.ndarray, poses: np.ndarray):
+        self.t_ns = np.concatenate([[now_ns], t_ns]).astype(np.int64)
+        self.poses = np.vstack([start, poses])
+
+    @property
+    def end_ns(self) -> int:
+        return int(self.t_ns[-1])
+
+    def target(self, now_ns: int) -> np.ndarray:
+        """The pose at ``now_ns`` (the last one after the end); forgets passed segments."""
+        pose, i = interpolate_pose(self.t_ns, self.poses, now_ns)
+        if 0 < i < len(self.t_ns) - 1:
+            self.t_ns, self.poses = self.t_ns[i:], self.poses[i:]
+        return pose
+
+
+def future_waypoints(
+    now_ns: int, t_ns: np.ndarray, poses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The waypoints of a chunk still ahead of ``now_ns`` (a late chunk loses its past)."""
+    if poses.shape[:1] != t_ns.shape:
+        return t_ns, poses  # malformed: left to the safety filter to reject with a reason
+    ahead = t_ns > now_ns
+    return t_ns[ahead], poses[ahead]
+
+
+__all__ = ["WaypointPlan", "future_waypoints", "interpolate_pose", "validate_chunk"]
