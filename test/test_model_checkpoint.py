@@ -1,0 +1,162 @@
+"""Checkpoints: round trip, and clear refusals of corrupted, mismatched or foreign files."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demuse_ros.model.config import preset
+
+torch = pytest.importorskip("torch", reason="the model tests need the 'model' extra (torch)")
+
+from _model_helpers import randomize  # noqa: E402
+
+from demuse_ros.model.autoencoder import ConvAutoencoder, ConvAutoencoderConfig  # noqa: E402
+from demuse_ros.model.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_autoencoder_checkpoint,
+    load_policy,
+    save_autoencoder,
+    save_policy,
+)
+from demuse_ros.model.data import EpisodeWindows, NormalizationStats, synthetic_episodes  # noqa: E402
+from demuse_ros.model.dit import DeMUSE  # noqa: E402
+from demuse_ros.model.export import DenoiserStep, example_inputs  # noqa: E402
+
+PKG = Path(__file__).resolve().parents[1] / "demuse_ros"
+
+
+@pytest.fixture(scope="module")
+def stats() -> NormalizationStats:
+    return NormalizationStats.compute(EpisodeWindows(synthetic_episodes(2, 64, ticks=6), 4, 1))
+
+
+@pytest.fixture
+def saved(tmp_path: Path, stats: NormalizationStats) -> tuple[Path, DeMUSE, ConvAutoencoder]:
+    cfg = preset("tiny")
+    model = randomize(DeMUSE(cfg.model))
+    ae = randomize(ConvAutoencoder(ConvAutoencoderConfig(base_channels=4)))
+    ae.scaling_factor.fill_(0.7)
+    folder = save_policy(tmp_path / "ckpt", model.state_dict(), cfg, stats, ae, {"note": "x"})
+    return folder, model, ae
+
+
+def test_round_trip(saved: tuple, stats: NormalizationStats) -> None:
+    folder, model, ae = saved
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "autoencoder.safetensors",
+        "config.json",
+        "model.safetensors",
+        "normalization.json",
+    ]
+    ckpt = load_policy(folder)
+    assert ckpt.config == preset("tiny") and ckpt.normalization == stats
+    assert not ckpt.model.training and ckpt.manifest["note"] == "x"
+    inputs = example_inputs(ckpt.config.model)
+    for a, b in zip(DenoiserStep(model)(*inputs), DenoiserStep(ckpt.model)(*inputs), strict=True):
+        assert torch.equal(a, b)
+    frame = torch.rand(1, 3, 64, 64)
+    assert torch.equal(ckpt.autoencoder.encode(frame), ae.eval().encode(frame))
+    assert float(ckpt.autoencoder.scaling_factor) == pytest.approx(0.7)
+
+
+def test_corrupted_weights_are_named(saved: tuple) -> None:
+    folder = saved[0]
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped bit pattern inside a tensor: still parses as safetensors
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256 does not match"):
+        load_policy(folder)
+
+
+def test_truncated_weights_without_a_hash_are_refused(saved: tuple) -> None:
+    folder = saved[0]
+    manifest = json.loads((folder / "config.json").read_text())
+    del manifest["weights_sha256"]["model.safetensors"]
+    (folder / "config.json").write_text(json.dumps(manifest))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_policy(folder)
+
+
+def test_weights_from_another_config_are_refused(saved: tuple) -> None:
+    folder = saved[0]
+    manifest = json.loads((folder / "config.json").read_text())
+    manifest["policy"]["model"]["hidden_dim"] = 128  # a different model, same weight files
+    (folder / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"do not fit the model.*shape: "):
+        load_policy(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("format_version", 2, "format_version 2; this demuse_ros reads version 1; upgrade"),
+        ("format", "something-else", "format is 'something-else'"),
+    ],
+)
+def test_foreign_or_newer_manifests_are_refused(
+    saved: tuple, key: str, value: object, message: str
+) -> None:
+    folder = saved[0]
+    manifest = json.loads((folder / "config.json").read_text())
+    manifest[key] = value
+    (folder / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=message):
+        load_policy(folder)
+
+
+def test_invalid_config_values_are_refused(saved: tuple) -> None:
+    folder = saved[0]
+    manifest = json.loads((folder / "config.json").read_text())
+    manifest["policy"]["model"]["n_layers"] = "two"
+    (folder / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="n_layers = 'two' is a string"):
+        load_policy(folder)
+
+
+def test_missing_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        load_policy(tmp_path / "nowhere")
+
+
+def test_autoencoder_checkpoint_round_trip(tmp_path: Path) -> None:
+    ae = randomize(ConvAutoencoder(ConvAutoencoderConfig(base_channels=4, latent_channels=3)))
+    back = load_autoencoder_checkpoint(save_autoencoder(tmp_path / "ae", ae))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(back.encode(x), ae.eval().encode(x))
+    assert back.latent_channels == 3
+
+
+def test_normalization_round_trip(tmp_path: Path, stats: NormalizationStats) -> None:
+    stats.save(tmp_path / "n.json")
+    assert NormalizationStats.load(tmp_path / "n.json") == stats
+    x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    np.testing.assert_allclose(stats.actions.unnormalize(stats.actions.normalize(x)), x, atol=1e-5)
+
+
+def test_nothing_in_the_package_unpickles() -> None:
+    """No pickle imports, and torch.load only with weights_only=True."""
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
+                    offenders.append(f"{path}: imports pickle")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load":
+                base = getattr(node.func, "value", None)
+                if isinstance(base, ast.Name) and base.id == "torch":
+                    safe = any(
+                        k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                        for k in node.keywords
+                    )
+                    if not safe:
+                        offenders.append(f"{path}:{node.lineno}: torch.load without weights_only")
+    assert offenders == []
