@@ -109,7 +109,7 @@ def test_nearest_mode_takes_a_sample_verbatim() -> None:
     ("setup", "now_ms", "reason"),
     [
         ("empty", 100, InvalidReason.NO_CAMERA_FRAME),
-        ("normal", 200, InvalidReason.STALE_CAMERA),
+        ("normal", 250, InvalidReason.STALE_CAMERA),
         ("normal", 90, InvalidReason.FUTURE_CAMERA),
         ("no_ft", 120, InvalidReason.FT_MISSING),
         ("ft_gap", 120, InvalidReason.FT_TOO_FAR),

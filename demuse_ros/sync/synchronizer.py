@@ -31,9 +31,10 @@ class SyncConfig:
     """Synchronizer thresholds (``policy_node: ros__parameters: sync:`` in the YAML)."""
 
     max_age_s: float = param(
-        0.05,
-        doc="A newest camera frame older than this at the tick makes "
-        "the tick invalid (stale_camera).",
+        0.1,
+        doc="A newest camera frame older than this at the tick makes the tick invalid "
+        "(stale_camera). A D435i frame reaches the host ~35-60 ms after capture at 30 Hz; "
+        "the twin's render-to-ring latency rises to 30-80 ms on a loaded 2-core machine.",
         unit="s",
         range=(0.001, 1.0),
     )

@@ -1,0 +1,108 @@
+"""Policies the runtime can run: observation in, an action chunk ``(H, 7)`` out.
+
+* :class:`ExpertPolicy`: the twin's scripted expert at the runtime's rate,
+  through the same scheduler, safety filter and servo path as a learned
+  policy. It reads privileged task state from the twin (plunger position and
+  force), so it exists only with ``--sim``.
+* :class:`CheckpointPolicy`: a trained DeMUSE checkpoint (torch), fed from the
+  observation by the same encoder training uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+import numpy as np
+
+from demuse_ros.runtime.chunking import ACTION_DIM
+from demuse_ros.sync.observation import Observation
+
+
+class Policy(Protocol):
+    """What the runtime needs from a policy."""
+
+    name: str
+    horizon: int  # actions per chunk
+
+    def reset(self, obs: Observation) -> None:
+        """Start of an episode (the first valid observation)."""
+
+    def predict(self, obs: Observation) -> np.ndarray:
+        """``(horizon, 7)`` absolute TCP targets + gripper widths for the ticks after ``obs``."""
+
+
+def observation_state(obs: Observation) -> np.ndarray:
+    """The proprio state the model sees: TCP pose (6) and gripper width (1)."""
+    return np.r_[np.asarray(obs.tcp_pose, dtype=np.float64), obs.gripper_width_m]
+
+
+class ExpertPolicy:
+    """The scripted dispense expert, rolled out ``horizon`` steps per chunk (privileged)."""
+
+    name = "expert"
+
+    def __init__(self, twin: Any, rate_hz: float, horizon: int = 4, config: Any = None) -> None:
+        from demuse_ros.twin.expert import DispenseExpert, ExpertConfig
+
+        self.twin, self.dt_s, self.horizon = twin, 1.0 / rate_hz, horizon
+        # At 10 Hz a contact is seen up to a tick late: descend slower than at 125 Hz.
+        self.expert = DispenseExpert(config or ExpertConfig(descend_speed_m_s=0.01))
+        self._t_s = 0.0
+        self._target: np.ndarray | None = None
+
+    def reset(self, obs: Observation) -> None:
+        top = np.asarray(self.twin.call("plunger_top_pose"))[:3]
+        self._t_s = 0.0
+        self.expert.reset(self._t_s, np.asarray(obs.tcp_pose), top)
+        self._target = None
+
+    @property
+    def done(self) -> bool:
+        return self.expert.done
+
+    def predict(self, obs: Observation) -> np.ndarray:
+        force = float(self.twin.call("plunger_force_n"))
+        pose = np.asarray(obs.tcp_pose, dtype=np.float64)
+        # Advance the real expert one tick; roll a copy forward for the rest of the chunk
+        # (same force: the expert's open-loop guess, as a chunk is).
+        chunk = np.empty((self.horizon, ACTION_DIM))
+        action = self.expert.act(self._t_s, self.dt_s, pose, force)
+        self._t_s += self.dt_s
+        chunk[0] = np.r_[action.tcp_target, action.gripper_width_m]
+        ghost = copy.deepcopy(self.expert)
+        t = self._t_s
+        for i in range(1, self.horizon):
+            action = ghost.act(t, self.dt_s, chunk[i - 1, :6], force)
+            chunk[i] = np.r_[action.tcp_target, action.gripper_width_m]
+            t += self.dt_s
+        return chunk
+
+
+class CheckpointPolicy:
+    """A DeMUSE checkpoint folder run with torch (see :mod:`demuse_ros.model.policy`)."""
+
+    def __init__(self, folder: str, task: int = 0, device: str = "cpu", **kwargs: Any) -> None:
+        from demuse_ros.model.policy import DeMUSEPolicy
+
+        self.policy = DeMUSEPolicy.load(folder, device=device, **kwargs)
+        self.task = task
+        self.horizon = self.policy.checkpoint.config.model.action_horizon
+        self.name = f"checkpoint:{folder}"
+
+    def reset(self, obs: Observation) -> None:
+        pass
+
+    def predict(self, obs: Observation) -> np.ndarray:
+        wrench = None if obs.wrench is None else np.asarray(obs.wrench)[None]
+        actions = self.policy.predict(
+            None if obs.rgb is None else obs.rgb[None],
+            None if obs.depth_m is None else obs.depth_m[None],
+            wrench,
+            observation_state(obs)[None],
+            [self.task],
+        )
+        return np.asarray(actions[0], dtype=np.float64)
+
+
+__all__ = ["CheckpointPolicy", "ExpertPolicy", "Policy", "observation_state"]

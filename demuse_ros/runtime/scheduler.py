@@ -1,0 +1,265 @@
+"""The 10 Hz policy loop: synchronize → policy → chunk timing/seams → safety → arm.
+
+One :class:`Runtime` cycle, on a deadline-based :class:`PeriodicLoop`:
+
+1. ``sync``: :meth:`Synchronizer.tick` aligns F/T and arm state at the newest
+   camera frame (the same code the recorder and the dataset loader use);
+2. ``policy``: every ``stride`` cycles (or when no plan is running) the policy
+   predicts a chunk from that observation (synchronous here; speculative
+   asynchronous inference is the next step of this module);
+3. ``plan``: action ``i`` gets the time ``t_anchor + (i + 1)·dt``; waypoints
+   before ``now + actuation_latency_s`` are dropped; the rest are merged into
+   the running plan and speed-bounded (:mod:`~demuse_ros.runtime.chunking`);
+4. ``send``: :meth:`Cell.send_chunk` — TCP waypoints through the arm's safety
+   filter, gripper widths to the gripper.
+
+Every stage is timed every cycle. An invalid observation, a policy that
+overruns its budget, or a chunk the arm rejects makes the arm *hold*: the plan
+is cut at the commit point, so the arm comes to rest at its current target
+instead of continuing open-loop; each is counted by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from demuse_ros.config.schema import param, validate_fields
+from demuse_ros.runtime.chunking import (
+    ChunkConfig,
+    Waypoints,
+    bound_speed,
+    chunk_times,
+    merge_chunk,
+    validate_actions,
+)
+from demuse_ros.runtime.policies import Policy, observation_state
+from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
+from demuse_ros.timing.clock import NS_PER_S, now_ns
+from demuse_ros.timing.loop import PeriodicLoop
+
+log = logging.getLogger("demuse.runtime")
+
+STAGES = ("sync", "policy", "plan", "send", "cycle")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The policy loop (``runtime`` in the policy node's parameters)."""
+
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    policy_budget_s: float = param(
+        0.09,
+        doc="A policy call longer than this is an overrun: its chunk is dropped, the arm holds.",
+        unit="s",
+        range=(0.001, 10.0),
+    )
+    frame_wait_s: float = param(
+        0.04,
+        doc="After the deadline, wait this long at most for a new camera frame, so the "
+        "observation is as fresh as the camera allows; the loop then re-phases onto the "
+        "frames (0: tick on the deadline).",
+        unit="s",
+        range=(0.0, 0.2),
+    )
+    gripper_force_n: float = param(
+        20.0, doc="Finger force for the gripper widths of a chunk.", unit="N", range=(0.0, 40.0)
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+class _Timings:
+    """Per-stage durations of the recent cycles (ms), preallocated."""
+
+    def __init__(self, history: int = 4096) -> None:
+        self.values = {s: np.full(history, np.nan) for s in STAGES}
+        self.n = 0
+
+    def add(self, durations_ns: dict[str, int]) -> None:
+        i = self.n % len(self.values["cycle"])
+        for stage, arr in self.values.items():
+            arr[i] = durations_ns.get(stage, 0) / 1e6
+        self.n += 1
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for stage, arr in self.values.items():
+            v = arr[: min(self.n, len(arr))]
+            v = v[np.isfinite(v)]
+            out[f"{stage}_ms_p50"] = float(np.percentile(v, 50)) if v.size else math.nan
+            out[f"{stage}_ms_p99"] = float(np.percentile(v, 99)) if v.size else math.nan
+        return out
+
+
+class Runtime:
+    """The loop over a started :class:`~demuse_ros.drivers.cell.Cell` (module docstring)."""
+
+    def __init__(self, cell: Any, policy: Policy, config: RuntimeConfig | None = None) -> None:
+        self.cell, self.policy = cell, policy
+        self.config = config or RuntimeConfig()
+        self.sync = Synchronizer(self.config.sync, cell.camera.ring, cell.ft.ring, cell.arm.ring)
+        self.loop = PeriodicLoop(self.config.chunk.rate_hz)
+        self.plan: Waypoints | None = None
+        self.timings = _Timings()
+        self.cycles = 0
+        self.chunks_sent = 0
+        self.waypoints_sent = 0
+        self.waypoints_dropped_late = 0
+        self.seam_clamps = 0
+        self.holds: dict[str, int] = {
+            "invalid_observation": 0,
+            "overrun": 0,
+            "bad_chunk": 0,
+            "rejected_by_arm": 0,
+        }
+        self._arm_rejected = 0.0
+        self.invalid: dict[str, int] = {}
+        self._since_chunk = math.inf
+        self.rephases = 0
+        self._started = False
+
+    # ------------------------------------------------------------------ the cycle
+    def cycle(self) -> None:
+        """Wait for the next deadline (and a fresh camera frame), run one cycle."""
+        self.loop.wait()
+        self._wait_for_frame()
+        self.step()
+
+    def _wait_for_frame(self) -> None:
+        """Wait (bounded) for the next frame; shift the loop's phase onto the frames."""
+        wait_ns = round(self.config.frame_wait_s * NS_PER_S)
+        if wait_ns <= 0:
+            return
+        ring = self.cell.camera.ring
+        count, start = ring.count, now_ns()
+        poll = PeriodicLoop(2000.0)
+        while ring.count == count and now_ns() - start < wait_ns:
+            poll.wait()
+        waited = now_ns() - start
+        if ring.count != count and waited > 10_000_000:
+            # Next deadlines ~1 ms before a frame is due (camera and loop rates are
+            # commensurate: 30 and 10 Hz), so the following waits are short.
+            self.loop.start(now_ns() - 1_000_000)
+            self.rephases += 1
+
+    def step(self) -> None:
+        cfg = self.config
+        t0 = now_ns()
+        obs = self.sync.tick(t0)
+        t1 = now_ns()
+        durations = {"sync": t1 - t0}
+        self.cycles += 1
+        self._since_chunk += 1
+        rejected = self.cell.arm.stats()["chunks_rejected"]
+        if rejected > self._arm_rejected:  # the arm's safety filter refused our last chunk
+            self._arm_rejected = rejected
+            self._hold("rejected_by_arm")
+        if not obs.valid:
+            self.invalid[obs.reason.value] = self.invalid.get(obs.reason.value, 0) + 1
+            self._hold("invalid_observation")
+        elif self._since_chunk >= cfg.chunk.stride or self.plan is None:
+            if not self._started:
+                self.policy.reset(obs)
+                self._started = True
+            actions = self.policy.predict(obs)
+            t2 = now_ns()
+            durations["policy"] = t2 - t1
+            if (t2 - t1) > cfg.policy_budget_s * NS_PER_S:
+                self._hold("overrun")
+            else:
+                try:
+                    actions = validate_actions(actions)
+                except ValueError as exc:
+                    log.warning("policy returned a bad chunk: %s", exc)
+                    self._hold("bad_chunk")
+                else:
+                    t_plan = now_ns()
+                    plan = self._plan(obs.t_anchor_ns, actions, obs)
+                    t3 = now_ns()
+                    durations["plan"] = t3 - t_plan
+                    if plan is not None:
+                        self._send(plan)
+                        durations["send"] = now_ns() - t3
+                        self._since_chunk = 0
+        durations["cycle"] = now_ns() - t0
+        self.timings.add(durations)
+
+    def _plan(self, t_anchor_ns: int, actions: np.ndarray, obs: Any) -> Waypoints | None:
+        cfg = self.config.chunk
+        chunk = Waypoints(chunk_times(t_anchor_ns, len(actions), cfg.rate_hz), actions)
+        t_commit = now_ns() + round(cfg.actuation_latency_s * NS_PER_S)
+        late = len(chunk.t_ns) - len(chunk.after(t_commit))
+        self.waypoints_dropped_late += late
+        merged = merge_chunk(self.plan, chunk, t_commit, cfg)
+        fresh = merged.after(t_commit)
+        if len(fresh) == 0:
+            return None
+        if self.plan is not None and len(self.plan.upto(t_commit)):
+            prefix = self.plan.upto(t_commit)
+            t_start, start = int(prefix.t_ns[-1]), prefix.actions[-1]
+        else:
+            t_start, start = now_ns(), observation_state(obs)
+        bounded, moved = bound_speed(fresh, t_start, start, cfg)
+        self.seam_clamps += moved
+        keep = merged.upto(t_commit)
+        return Waypoints(
+            np.concatenate([keep.t_ns, bounded.t_ns]), np.vstack([keep.actions, bounded.actions])
+        )
+
+    def _send(self, plan: Waypoints) -> None:
+        now = now_ns()
+        ahead = plan.after(now)
+        if len(ahead) == 0:
+            return
+        self.cell.send_chunk(
+            ahead.t_ns,
+            ahead.actions[:, :6],
+            gripper_width_m=np.clip(ahead.actions[:, 6], 0.0, 0.1),
+            gripper_force_n=self.config.gripper_force_n,
+        )
+        self.plan = plan
+        self.chunks_sent += 1
+        self.waypoints_sent += len(ahead)
+
+    def _hold(self, reason: str) -> None:
+        """Cut the plan at the commit point: the arm stops at its current target."""
+        self.holds[reason] += 1
+        if self.plan is None:
+            return
+        t_commit = now_ns() + round(self.config.chunk.actuation_latency_s * NS_PER_S)
+        kept = self.plan.upto(t_commit)
+        if len(kept) == len(self.plan):
+            return  # nothing beyond the commit point: already holding
+        self.plan = kept if len(kept) else None
+        if len(kept.after(now_ns())):
+            self._send(kept)
+        else:
+            self.cell.arm.stop_motion()
+
+    # ------------------------------------------------------------------ status
+    def stats(self) -> dict[str, Any]:
+        loop = self.loop.stats()
+        return {
+            "cycles": self.cycles,
+            "tick_hz": loop.rate_hz,
+            "deadline_misses": loop.overruns,
+            "period_ms_p99": loop.period_s_p99 * 1e3,
+            "chunks_sent": self.chunks_sent,
+            "waypoints_sent": self.waypoints_sent,
+            "waypoints_dropped_late": self.waypoints_dropped_late,
+            "seam_clamps": self.seam_clamps,
+            "rephases": self.rephases,
+            "holds": dict(self.holds),
+            "invalid_observations": dict(self.invalid),
+            **self.timings.summary(),
+        }
+
+
+__all__ = ["STAGES", "Runtime", "RuntimeConfig"]
