@@ -272,6 +272,59 @@ def _add_drivers(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_drivers)
 
 
+# ---------------------------------------------------------------------- run
+def _run(args: argparse.Namespace) -> int:
+    from demuse_ros.runtime.runner import run_sim
+
+    if not args.sim:
+        raise SystemExit(
+            "demuse run: only the simulated cell is wired up so far; add --sim "
+            "(the hardware runner comes with the ROS 2 layer)"
+        )
+    log = logging.getLogger("demuse.run")
+
+    def report(status: dict[str, Any]) -> None:
+        log.info(
+            "cycle %d  %.2f Hz  misses %d  policy %.1f ms  cycle p99 %.1f ms  holds %d  "
+            "arm rejected %d  fault %d  hold %d  task %s",
+            status["cycles"],
+            status["tick_hz"],
+            status["deadline_misses"],
+            status["policy_ms_p50"],
+            status["cycle_ms_p99"],
+            status["holds"],
+            status["rejected"],
+            status["fault"],
+            status["hold"],
+            status["task"],
+        )
+
+    _stop_on_sigterm()
+    result = run_sim(
+        _load_sim_config(_sim_args(args)),
+        policy=args.policy,
+        cell_config=_load_cell_config(args),
+        cycles=args.cycles,
+        seconds=args.seconds,
+        report=report,
+    )
+    _print_result(result, args.json)
+    return 0
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    _add_cell_args(p)
+    p.add_argument(
+        "--policy",
+        default="expert",
+        help="'expert' (the twin's scripted expert, --sim only) or a checkpoint folder",
+    )
+    p.add_argument("--cycles", type=int, help="stop after this many 10 Hz cycles")
+    p.add_argument("--seconds", type=_positive_float, help="stop after this long")
+    p.add_argument("--json", action="store_true", help="print the run's statistics as JSON")
+    p.set_defaults(handler=_run)
+
+
 # ---------------------------------------------------------------------- bench
 def _bench_drivers(args: argparse.Namespace) -> int:
     from demuse_ros.bench import drivers_bench
@@ -419,6 +472,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "drivers": (
         "start the cell's drivers (arm, F/T + gripper, camera) and show live rates",
         _add_drivers,
+    ),
+    "run": (
+        "run the 10 Hz policy loop on the cell (--sim: the simulated cell)",
+        _add_run,
     ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
     "train": ("train the DeMUSE policy (config/train.yaml) into a checkpoint folder", _add_train),

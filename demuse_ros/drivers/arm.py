@@ -285,11 +285,13 @@ class ArmDriver(Driver):
             self._reject("bad_stamps")
             return
         t, p = future_waypoints(now, t.astype(np.int64), np.asarray(poses, dtype=np.float64))
-        verdict = self.filter.check_chunk(self._pose, now, t, p)
+        # Vet the motion that will be commanded: from the last servo target while
+        # servoing (the actual pose lags it by the tracking error), else from rest.
+        start = self._command if self._servoing and self._command is not None else self._pose
+        verdict = self.filter.check_chunk(start, now, t, p)
         if not verdict.ok:
             self._reject(verdict.reason)
             return
-        start = self._command if self._servoing and self._command is not None else self._pose
         self._plan = WaypointPlan(now, start, t, p)
         self.count("chunks_accepted")
 

@@ -116,7 +116,7 @@ class Waypoints:
         return Waypoints(self.t_ns[keep], self.actions[keep])
 
 
-def _at(plan: Waypoints, t_ns: int) -> np.ndarray:
+def action_at(plan: Waypoints, t_ns: int) -> np.ndarray:
     """The plan's action at ``t_ns`` (pose interpolated, gripper linear), clamped to its ends."""
     pose, _ = interpolate_pose(plan.t_ns, plan.actions[:, :6], t_ns)
     width = float(np.interp(t_ns, plan.t_ns, plan.actions[:, 6]))
@@ -158,7 +158,7 @@ def merge_chunk(
             if t > old_end:
                 break  # the old plan says nothing this far out
             w = (j + 1) / (config.blend_steps + 1)
-            blended[j] = _mix(_at(current, t), fresh.actions[j], w)
+            blended[j] = _mix(action_at(current, t), fresh.actions[j], w)
     n = min(len(fresh), config.horizon)
     return Waypoints(
         np.concatenate([prefix.t_ns, fresh.t_ns[:n]]),
@@ -201,6 +201,7 @@ __all__ = [
     "ACTION_DIM",
     "ChunkConfig",
     "Waypoints",
+    "action_at",
     "bound_speed",
     "chunk_times",
     "merge_chunk",

@@ -32,6 +32,7 @@ from demuse_ros.config.schema import param, validate_fields
 from demuse_ros.runtime.chunking import (
     ChunkConfig,
     Waypoints,
+    action_at,
     bound_speed,
     chunk_times,
     merge_chunk,
@@ -201,9 +202,9 @@ class Runtime:
         fresh = merged.after(t_commit)
         if len(fresh) == 0:
             return None
-        if self.plan is not None and len(self.plan.upto(t_commit)):
-            prefix = self.plan.upto(t_commit)
-            t_start, start = int(prefix.t_ns[-1]), prefix.actions[-1]
+        # The speed bound starts where the arm will be commanded at the commit point.
+        if self.plan is not None and len(self.plan) and self.plan.t_ns[-1] > now_ns():
+            t_start, start = t_commit, action_at(self.plan, t_commit)
         else:
             t_start, start = now_ns(), observation_state(obs)
         bounded, moved = bound_speed(fresh, t_start, start, cfg)
