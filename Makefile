@@ -1,6 +1,7 @@
 # Two entry points, both for a fresh Debian/Ubuntu machine (see README "Quick start"):
-#   make demo   install, then run the main job on the simulated cell
-#   make test   install with the sim and test extras, then lint and run the whole test suite
+#   make demo   install, then run the main job on the simulated cell and the policy model's bench
+#   make test   install with the sim, test, model and vae extras, then lint and run the whole
+#               test suite
 # Both install what they need: Debian packages (via apt-get, with sudo when not
 # root) and a virtual environment in $(VENV).
 
@@ -27,11 +28,12 @@ venv: system-deps
 	@$(PIP) --upgrade pip setuptools wheel
 
 demo: venv
-	$(PIP) -e '.[sim]'
+	$(PIP) -e '.[sim,model]'
 	$(VENV)/bin/demuse bench twin --seconds 5 --episodes 5
+	$(VENV)/bin/demuse bench model --presets tiny,cpu --repeats 20
 
 test: venv
-	$(PIP) -e '.[sim,test]'
+	$(PIP) -e '.[sim,test,model,vae]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

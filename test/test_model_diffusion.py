@@ -64,7 +64,7 @@ class Oracle(torch.nn.Module):
         abar = self.abar[t.long()].reshape(-1, *([1] * (x.ndim - 1)))
         return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
 
-    def forward(self, rgb, depth, wrench, action, t_vision, t_action, task, expert_cache=None):
+    def forward(self, rgb, depth, wrench, action, t_vision, t_action, task, cache=None):
         self.calls.append((int(t_vision[0]), int(t_action[0])))
         eps_rgb = self._eps(rgb[:, CFG.latent_channels :], self.x0_rgb, t_vision)
         eps_a = self._eps(action[:, CFG.state_dim :], self.x0_action.flatten(1), t_action)
@@ -79,7 +79,7 @@ def test_ddim_with_exact_noise_recovers_the_target(q: int) -> None:
     # within DDIM's x0 clip (±5 normalized units), as Z-scored data is
     x0_action = (torch.randn(2, CFG.action_horizon, CFG.action_dim, generator=g) * 2).clamp(-4, 4)
     oracle = Oracle(x0_rgb, x0_action)
-    sampler = DDIMSampler(oracle, DIFF, dust_q=q)
+    sampler = DDIMSampler(oracle, DIFF, dust_q=q, cache_steps=False)
     rgb, actions = sampler.sample(_conditions(), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(actions, x0_action, rtol=0, atol=1e-5)
     torch.testing.assert_close(rgb, x0_rgb, rtol=0, atol=1e-5)
@@ -112,6 +112,21 @@ def test_ddim_is_deterministic_given_the_noise() -> None:
     assert torch.equal(d[1], e[1])
 
 
+@pytest.mark.parametrize("q", [1, 2])
+def test_step_caches_give_the_uncached_result(q: int) -> None:
+    """Precomputed contexts and AdaMN modulations per step change nothing but the cost."""
+    model = randomize(DeMUSE(CFG)).eval()
+    cond = _conditions(batch=3)
+    cached = DDIMSampler(model, DIFF, dust_q=q)
+    plain = DDIMSampler(model, DIFF, dust_q=q, cache_steps=False)
+    for seed in (1, 2):  # the second chunk reuses the caches of the first
+        a = cached.sample(cond, generator=torch.Generator().manual_seed(seed))
+        b = plain.sample(cond, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+    assert len(cached._memo) == 1
+
+
 def test_dust_with_q_1_is_plain_ddim() -> None:
     model = randomize(DeMUSE(CFG)).eval()
     cond = _conditions()
@@ -129,7 +144,7 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.model, self.cfg, self.seen = model, model.cfg, {}
 
-    def forward(self, rgb, depth, wrench, action, t_vision, t_action, task, expert_cache=None):
+    def forward(self, rgb, depth, wrench, action, t_vision, t_action, task, cache=None):
         self.seen = dict(
             rgb=rgb, depth=depth, wrench=wrench, action=action, tv=t_vision, ta=t_action
         )

@@ -37,7 +37,7 @@ def test_routed_and_dense_paths_are_equal(top_k: int) -> None:
     moe.eval()
     y_eval, aux_eval = moe(x, x, mask)
     torch.testing.assert_close(y_train, y_eval, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(aux_train, aux_eval)
+    assert aux_train > 0 and aux_eval == 0  # balancing statistics only where they train
 
 
 def test_whole_model_train_and_eval_forward_agree() -> None:
@@ -95,8 +95,8 @@ def test_mode_expert_cache_equals_uncached_sampling() -> None:
     )
     diffusion = dataclasses.replace(DIFFUSION_PRESETS["tiny"], dust_q=2)
     cached = DDIMSampler(model, diffusion, cache_experts=True)
-    plain = DDIMSampler(model, diffusion, cache_experts=False)
-    assert cached.caches is not None and len(cached.caches) == cached.n_evaluations
+    plain = DDIMSampler(model, diffusion, cache_experts=False, cache_steps=False)
+    assert len(cached.experts) == cached.n_evaluations and cached.experts[0] is not None
     v1, a1 = cached.sample(cond, generator=torch.Generator().manual_seed(5))
     v2, a2 = plain.sample(cond, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a1, a2, rtol=1e-4, atol=1e-5)

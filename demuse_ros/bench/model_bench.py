@@ -110,14 +110,14 @@ def table(result: dict[str, Any]) -> str:
     )
     lines = [f"torch {result['torch']}, {result['threads']} threads", head]
     for name, r in result["presets"].items():
-        fwd = r.get("forward_ms", {}).get("p50")
-        chunk = r.get("chunk_ms", {}).get("p50")
-        enc = r.get("encode_ms", {}).get("p50")
+        fwd, chunk, enc = (
+            "-" if key not in r else f"{r[key]['p50']:.2f}"
+            for key in ("forward_ms", "chunk_ms", "encode_ms")
+        )
         lines.append(
             f"{name:<7}{r['params'] / 1e6:>9.2f}M{r['active_params'] / 1e6:>9.2f}M{r['tokens']:>7}"
             f"{r['gflops']:>9.3f}{r['gflops_all_experts']:>9.3f}"
-            f"{'-' if fwd is None else f'{fwd:.2f}':>11}{r.get('ddim_steps', '-'):>6}"
-            f"{'-' if chunk is None else f'{chunk:.1f}':>13}{'-' if enc is None else f'{enc:.2f}':>10}"
+            f"{fwd:>11}{r.get('ddim_steps', '-'):>6}{chunk:>13}{enc:>10}"
         )
     if "xl_vs_paper" in result:
         lines.append(result["xl_vs_paper"])

@@ -51,9 +51,10 @@ class AdaMN(nn.Module):
 
     def forward(self, ctx: torch.Tensor, token_slot: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``ctx (B, S, d)``, ``token_slot (N,)`` → ``n_chunks`` tensors of ``(B, N, d)``."""
-        h = torch.einsum("bsd,sdh->bsh", F.silu(ctx), self.w1) + self.b1  # (B, S, h)
-        mod = torch.einsum("bsh,shk->bsk", F.silu(h), self.w2) + self.b2  # (B, S, n·d)
-        return mod[:, token_slot].chunk(self.n_chunks, dim=-1)  # n × (B, N, d)
+        c = F.silu(ctx).transpose(0, 1)  # (S, B, d): one batched matmul per modality slot
+        h = torch.baddbmm(self.b1[:, None], c, self.w1)  # (S, B, h)
+        mod = torch.baddbmm(self.b2[:, None], F.silu(h), self.w2)  # (S, B, n·d)
+        return mod[token_slot].transpose(0, 1).chunk(self.n_chunks, dim=-1)  # n × (B, N, d)
 
 
 class Attention(nn.Module):
@@ -148,24 +149,33 @@ class SparseMoE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, N, d)`` → ``(y (B, N, d), load-balancing loss ())``.
 
-        Training mode takes the sparse path, eval mode (inference, export) the dense one.
+        Training mode takes the sparse path and computes the loss; eval mode (inference,
+        export) takes the dense path and returns a loss of 0.
         """
         probs, weights, idx = self.gate(route_in)  # (B, N, E), (B, N, k), (B, N, k)
         if self.training:
             routed = self.routed_sparse(x, weights, idx)
-        else:
+            aux = self.balance_loss(probs, idx, balance_mask)
+        else:  # inference needs no balancing statistics
             routed = self.routed_dense(x, weights, idx)
-        return self.shared(x) + routed, self.balance_loss(probs, idx, balance_mask)
+            aux = x.new_zeros(())
+        return self.shared(x) + routed, aux
 
     def routed_dense(
         self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor
     ) -> torch.Tensor:
-        """All experts on all tokens, combined with a mask of gate weights: ``(B, N, d)``."""
+        """All experts on all tokens, combined with a mask of gate weights: ``(B, N, d)``.
+
+        Two batched matmuls over the expert axis read the stacked weights in place.
+        """
+        B, N, D = x.shape
         combine = torch.zeros(*idx.shape[:-1], self.n_experts, dtype=x.dtype, device=x.device)
         combine = combine.scatter(-1, idx, weights.to(x.dtype))  # (B, N, E), 0 where unrouted
-        h = torch.einsum("bnd,edh->bneh", x, self.w1) + self.b1  # (B, N, E, h)
-        y = torch.einsum("bneh,ehd->bned", F.gelu(h, approximate="tanh"), self.w2) + self.b2
-        return torch.einsum("bned,bne->bnd", y, combine)  # (B, N, d)
+        xe = x.reshape(1, B * N, D).expand(self.n_experts, B * N, D)  # (E, T, d), a view
+        h = torch.baddbmm(self.b1[:, None], xe, self.w1)  # (E, T, h)
+        y = torch.baddbmm(self.b2[:, None], F.gelu(h, approximate="tanh"), self.w2)  # (E, T, d)
+        mask = combine.reshape(B * N, self.n_experts).T[..., None]  # (E, T, 1)
+        return (y * mask).sum(dim=0).reshape(B, N, D)
 
     def routed_sparse(
         self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor
@@ -265,16 +275,20 @@ class DeMUSEBlock(nn.Module):
         token_slot: torch.Tensor,
         route_in: torch.Tensor | None,
         balance_mask: torch.Tensor,
+        modulation: Sequence[torch.Tensor] | None = None,
         cached: Sequence[tuple[int, int, FusedFFN]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, N, d)``, ``ctx (B, S, d)`` → ``(x (B, N, d), aux loss ())``.
 
         ``route_in``: the MoE router's input ``(B, N, d)``; None routes on the tokens
-        themselves (the FFN input). ``cached``: MoDE fused experts as ``(start, stop, ffn)``
-        per token segment (replaces routing; valid only with the noise router at the step
-        it was built for).
+        themselves (the FFN input). ``modulation``: this block's six AdaMN outputs when
+        precomputed for the step (they depend only on timesteps and task). ``cached``:
+        MoDE fused experts as ``(start, stop, ffn)`` per token segment (replaces routing;
+        valid only with the noise router at the step it was built for).
         """
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adamn(ctx, token_slot)
+        if modulation is None:
+            modulation = self.adamn(ctx, token_slot)
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))  # (B, N, d)
         h = modulate(self.norm2(x), shift2, scale2)  # (B, N, d)
         aux = x.new_zeros(())

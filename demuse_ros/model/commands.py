@@ -44,12 +44,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 def _train_config(args: argparse.Namespace):
     from demuse_ros.cli import _parse_overrides
-    from demuse_ros.config import load_config
+    from demuse_ros.config import ConfigError, load_config
     from demuse_ros.paths import find_config
 
     from .train import TrainConfig
-
-    from demuse_ros.config import ConfigError
 
     path = args.config or find_config("train.yaml")
     try:

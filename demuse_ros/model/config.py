@@ -319,13 +319,14 @@ PRESETS: dict[str, ModelConfig] = {
     # 1 shared + 4 routed experts, 256×256 RGB → 32×32 latent → 256 + 16 + 1 + 1 = 274 tokens.
     "xl": ModelConfig(),
     # A 10 Hz closed loop on 2 CPU cores: 64×64 frames (16 + 1 + 1 + 1 = 19 tokens),
-    # d = 192, 4 blocks (MoE in the last 2), 8 DDIM steps (see models/README.md for the
-    # measurements behind this choice).
+    # d = 128, 4 blocks (MoE with 1 shared + 4 routed experts in the last 2), 8 DDIM
+    # steps: a chunk takes ~30 ms with step caching (models/README.md has the
+    # measurements; d = 192 took ~49 ms, 16 steps twice as long).
     "cpu": ModelConfig(
         image_size_px=64,
-        hidden_dim=192,
+        hidden_dim=128,
         n_layers=4,
-        n_heads=6,
+        n_heads=4,
         moe_start_layer=2,
         n_routed_experts=4,
     ),

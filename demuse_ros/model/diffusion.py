@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DiffusionConfig
-from .dit import DeMUSE, ExpertCache
+from .dit import DeMUSE, ExpertCache, StepCache
 
 
 class ModelBatch(NamedTuple):
@@ -136,9 +136,14 @@ class DDIMSampler:
     take one step with the noise predicted at the last of them, so each action
     update sees the most refined future frames. ``q = 1`` is plain DDIM.
 
-    ``cache_experts`` (MoDE, noise router only): the fused experts of every step
-    are built once here, so the model's weights must not change afterwards.
+    Caching (inference; the model's weights must not change afterwards):
+    ``cache_steps`` precomputes, per task batch, everything a step derives from its
+    timesteps and the task (contexts, AdaMN modulations; :class:`~.dit.StepCache`),
+    kept for the last ``_MEMO`` task batches; ``cache_experts`` (MoDE, noise router
+    only) adds the fused experts of every step. Results equal the uncached ones.
     """
+
+    _MEMO = 8
 
     def __init__(
         self,
@@ -147,6 +152,7 @@ class DDIMSampler:
         steps: int | None = None,
         dust_q: int | None = None,
         cache_experts: bool = False,
+        cache_steps: bool = True,
     ) -> None:
         self.model = model
         dev = next(model.parameters()).device
@@ -160,13 +166,27 @@ class DDIMSampler:
             )
         self.t_action = self.schedule.ddim_timesteps(self.steps)
         self.t_vision = self.schedule.ddim_timesteps(self.steps * self.q)
-        self.caches: list[ExpertCache] | None = None
+        self.cache_steps = cache_steps or cache_experts
+        self.experts: list[ExpertCache | None] = [None] * len(self.t_vision)
         if cache_experts:
             combos: dict[int, dict] = {}
-            self.caches = [
+            self.experts = [
                 model.build_expert_cache(tv, self.t_action[j // self.q], combos)
                 for j, tv in enumerate(self.t_vision)
             ]
+        self._memo: dict[tuple, list[StepCache]] = {}
+
+    def step_caches(self, task: torch.Tensor) -> list[StepCache]:
+        """The per-step caches for this task batch (built on first use)."""
+        key = (tuple(task.tolist()), str(task.device))
+        if key not in self._memo:
+            if len(self._memo) >= self._MEMO:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = [
+                self.model.build_step_cache(tv, self.t_action[j // self.q], task, self.experts[j])
+                for j, tv in enumerate(self.t_vision)
+            ]
+        return self._memo[key]
 
     @property
     def n_evaluations(self) -> int:
@@ -199,6 +219,7 @@ class DDIMSampler:
         if cond.rgb_latent is None:
             x_v = None
         n_v, n_a = len(self.t_vision), len(self.t_action)
+        caches = self.step_caches(cond.task) if self.cache_steps else None
         for j, tv in enumerate(self.t_vision):
             i = j // self.q
             ta = self.t_action[i]
@@ -211,7 +232,7 @@ class DDIMSampler:
                 torch.full((B,), tv, device=dev),
                 torch.full((B,), ta, device=dev),
                 cond.task,
-                self.caches[j] if self.caches is not None else None,
+                caches[j] if caches is not None else None,
             )
             if x_v is not None:
                 x_v = sch.ddim_step(

@@ -29,6 +29,21 @@ _CTX_MIX = {RGB: (1.0, 0.0), ACTION: (0.0, 1.0), DEPTH: (0.5, 0.5), FORCE: (0.5,
 ExpertCache = list[tuple[tuple[int, int, FusedFFN], ...] | None]
 
 
+class StepCache(NamedTuple):
+    """Everything one denoising step computes from (t_vision, t_action, task) alone.
+
+    A DDIM sampler's timesteps are fixed, so for a given task these are the same in
+    every chunk: built once (:meth:`DeMUSE.build_step_cache`), they leave a forward
+    only the token path — the diffusion analogue of MoDE's expert caching.
+    """
+
+    ctx: torch.Tensor  # (B, S, d) per-modality contexts
+    modulation: tuple[tuple[torch.Tensor, ...] | None, ...]  # per block: AdaMN's 6 × (B, N, d)
+    final: tuple[torch.Tensor, ...] | None  # the head's AdaMN shift and scale, (B, N, d) each
+    route_in: torch.Tensor | None  # (B, N, d) noise-router input, None for the token router
+    experts: ExpertCache | None  # MoDE fused experts (noise router), or None
+
+
 class DenoiserOutput(NamedTuple):
     eps_rgb: torch.Tensor | None  # (B, F·C, h, w) noise of the future RGB latents; None w/o RGB
     eps_action: torch.Tensor  # (B, H·A) noise of the future actions
@@ -47,8 +62,14 @@ class FinalLayer(nn.Module):
             self.rgb_head = nn.Linear(d, cfg.rgb_patch**2 * cfg.rgb_out_channels)
         self.action_head = nn.Linear(d, cfg.action_horizon * cfg.action_dim)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, token_slot: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adamn(ctx, token_slot)
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: torch.Tensor,
+        token_slot: torch.Tensor,
+        modulation: tuple[torch.Tensor, ...] | None = None,
+    ) -> torch.Tensor:
+        shift, scale = self.adamn(ctx, token_slot) if modulation is None else modulation
         return modulate(self.norm(x), shift, scale)  # (B, N, d)
 
 
@@ -135,7 +156,7 @@ class DeMUSE(nn.Module):
         t_vision: torch.Tensor,
         t_action: torch.Tensor,
         task: torch.Tensor,
-        expert_cache: ExpertCache | None = None,
+        cache: StepCache | None = None,
     ) -> DenoiserOutput:
         """Predicts the noise of the future RGB latents and the future actions.
 
@@ -147,21 +168,26 @@ class DeMUSE(nn.Module):
             t_vision, t_action: ``(B,)`` diffusion timesteps of the two noised streams
                 (equal unless DUST).
             task: ``(B,)`` task ids.
-            expert_cache: From :meth:`build_expert_cache` for this step (MoDE), or None.
+            cache: From :meth:`build_step_cache` for these timesteps and task (inference
+                only; then ``t_vision``, ``t_action`` and ``task`` are not read).
         """
         for name, value in (("rgb", rgb), ("depth", depth), ("force", wrench)):
             if (name in self.cfg.modalities) != (value is not None):
                 need = "is configured" if value is None else "is not in model.modalities"
                 raise ValueError(f"{name} input {need}; pass {name} exactly when it is configured")
         x = self.embed(rgb, depth, wrench, action)  # (B, N, d)
-        ctx, t_ctx = self.contexts(t_vision, t_action, task)  # (B, S, d) each
-        route_in = t_ctx[:, self.token_slot] if self.cfg.router == "noise" else None  # (B, N, d)
+        if cache is None:
+            ctx, t_ctx = self.contexts(t_vision, t_action, task)  # (B, S, d) each
+            cache = StepCache(ctx, (None,) * len(self.blocks), None, self._route_in(t_ctx), None)
+        ctx, route_in = cache.ctx, cache.route_in
         aux = x.new_zeros(())
         for i, block in enumerate(self.blocks):
-            cached = expert_cache[i] if expert_cache is not None else None
-            x, block_aux = block(x, ctx, self.token_slot, route_in, self.balance_mask, cached)
+            experts = cache.experts[i] if cache.experts is not None else None
+            x, block_aux = block(
+                x, ctx, self.token_slot, route_in, self.balance_mask, cache.modulation[i], experts
+            )
             aux = aux + block_aux
-        x = self.final(x, ctx, self.token_slot)  # (B, N, d)
+        x = self.final(x, ctx, self.token_slot, cache.final)  # (B, N, d)
         eps_rgb = None
         seg = self.layout.segment(RGB)
         if seg is not None:
@@ -175,6 +201,29 @@ class DeMUSE(nn.Module):
         p, g, c = self.cfg.rgb_patch, self.layout.rgb_grid, self.cfg.rgb_out_channels
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
+
+    def _route_in(self, t_ctx: torch.Tensor) -> torch.Tensor | None:
+        """The noise router's per-token input: its modality's timestep embedding."""
+        return t_ctx[:, self.token_slot] if self.cfg.router == "noise" else None  # (B, N, d)
+
+    @torch.no_grad()
+    def build_step_cache(
+        self,
+        t_vision: float,
+        t_action: float,
+        task: torch.Tensor,
+        experts: ExpertCache | None = None,
+    ) -> StepCache:
+        """Precomputes contexts, every block's AdaMN modulation and the router input for one
+        denoising step and a batch of tasks ``(B,)``; ``experts`` from
+        :meth:`build_expert_cache` for the same step (MoDE) or None."""
+        B = task.shape[0]
+        tv = torch.full((B,), t_vision, device=task.device)
+        ta = torch.full((B,), t_action, device=task.device)
+        ctx, t_ctx = self.contexts(tv, ta, task)
+        modulation = tuple(tuple(b.adamn(ctx, self.token_slot)) for b in self.blocks)
+        final = tuple(self.final.adamn(ctx, self.token_slot))
+        return StepCache(ctx, modulation, final, self._route_in(t_ctx), experts)
 
     @torch.no_grad()
     def build_expert_cache(

@@ -61,9 +61,8 @@ def forward_macs(cfg: ModelConfig, moe: Literal["routed", "dense"] = "routed") -
             continue
         experts = cfg.top_k if moe == "routed" else cfg.n_routed_experts
         macs += 2 * n * d * cfg.ffn_hidden + n * d * cfg.n_routed_experts  # shared + router
-        macs += experts * 2 * n * d * cfg.expert_hidden
-        if moe == "dense":
-            macs += n * cfg.n_routed_experts * d  # combining the experts with the gate mask
+        macs += experts * 2 * n * d * cfg.expert_hidden  # (the dense path's gate mask is
+        # an element-wise product: not counted)
     macs += s * (d * adamn_hidden + adamn_hidden * 2 * d)  # final AdaMN
     macs += n_rgb * d * cfg.rgb_patch**2 * cfg.rgb_out_channels
     macs += d * cfg.action_horizon * cfg.action_dim * (lay.n(ACTION) > 0)
