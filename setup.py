@@ -25,6 +25,8 @@ install_requires = [
     "numpy>=1.24",
     "scipy>=1.10",
     "PyYAML>=6.0",
+    "rich>=13",  # the run dashboard
+    "matplotlib>=3.8",  # the run report's plots
 ]
 
 extras_require = {

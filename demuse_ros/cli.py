@@ -292,13 +292,16 @@ def _run(args: argparse.Namespace) -> int:
             status["deadline_misses"],
             status["policy_ms_p50"],
             status["cycle_ms_p99"],
-            status["holds"],
-            status["rejected"],
+            sum(status["holds"].values()),
+            status["arm_rejected"],
             status["fault"],
             status["hold"],
             status["task"],
         )
 
+    import time
+
+    report_dir = args.report_dir or time.strftime("runs/run-%Y%m%d-%H%M%S")
     _stop_on_sigterm()
     result = run_sim(
         _load_sim_config(_sim_args(args)),
@@ -306,7 +309,9 @@ def _run(args: argparse.Namespace) -> int:
         cell_config=_load_cell_config(args),
         cycles=args.cycles,
         seconds=args.seconds,
-        report=report,
+        report=None if args.dashboard else report,
+        dashboard=args.dashboard,
+        report_dir=report_dir,
     )
     _print_result(result, args.json)
     return 0
@@ -322,6 +327,16 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=int, help="stop after this many 10 Hz cycles")
     p.add_argument("--seconds", type=_positive_float, help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the run's statistics as JSON")
+    p.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="live terminal dashboard (default: when stderr is a terminal; else log lines)",
+    )
+    p.add_argument(
+        "--report-dir",
+        help="where run.json and the plots go (default: runs/run-<date>-<time>)",
+    )
     p.set_defaults(handler=_run)
 
 

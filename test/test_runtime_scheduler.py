@@ -137,6 +137,45 @@ def test_bad_chunks_and_invalid_observations_hold_and_are_counted() -> None:
     assert runtime2.holds["rejected_by_arm"] == 1
 
 
+def test_trace_report_and_dashboard_render(tmp_path) -> None:
+    from rich.console import Console
+
+    from demuse_ros.runtime.dashboard import Dashboard
+    from demuse_ros.runtime.report import write_report
+
+    runtime, cell = _runtime(ScriptedPolicy())
+    for _ in range(5):
+        cell.observe()
+        runtime.step()
+    assert runtime.trace.n == 5 and np.isfinite(runtime.trace.column("cycle_ms")).all()
+    paths = write_report(tmp_path, runtime.trace, runtime.stats(), rate_hz=10.0, force_limit_n=40)
+    assert [p.name for p in paths] == [
+        "run.json",
+        "loop_period.png",
+        "force.png",
+        "blocking_latency.png",
+    ]
+    assert all(p.stat().st_size > 0 for p in paths)
+    board = Dashboard()
+    status = {
+        **runtime.stats(),
+        "arm_rejected": 0.0,
+        "step_clamps": 0.0,
+        "hold": 0.0,
+        "fault": 0.0,
+        "servo_hz": 125.0,
+        "servo_p99_ms": 8.1,
+        "ft_hz": 100.0,
+        "camera_fps": 30.0,
+        "task": "running",
+    }
+    board.update(status)
+    console = Console(record=True, width=160)
+    console.print(board._render())
+    text = console.export_text()
+    assert "cycles 5" in text and "servo 125.0 Hz" in text
+
+
 # ---------------------------------------------------------------------- closed loop
 pytest.importorskip("mujoco", reason="needs the sim extra: pip install -e '.[sim]'")
 pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
@@ -155,7 +194,7 @@ def test_expert_closed_loop_through_the_whole_stack() -> None:
         ur_servers=URServersConfig(host=host),
         modbus=replace(base.modbus, host=host, port=5084),
     )
-    result = run_sim(sim, policy="expert", cycles=150)
+    result = run_sim(sim, policy="expert", cycles=150)  # no report folder: nothing on disk
     print(result)
     arm = result["arm"]
     # Every chunk went through the arm's safety filter (accepted or refused, none bypassed).

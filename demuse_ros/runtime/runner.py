@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from demuse_ros.drivers.cell import Cell, CellConfig, sim_cell_config
+from demuse_ros.runtime.dashboard import Dashboard, status_of
+from demuse_ros.runtime.report import write_report
 from demuse_ros.runtime.scheduler import Runtime, RuntimeConfig
 
 log = logging.getLogger("demuse.run")
@@ -32,8 +34,14 @@ def run_sim(
     stop_when_done: bool = True,
     report: Callable[[dict[str, Any]], None] | None = None,
     report_every: int = 10,
+    dashboard: bool = False,
+    report_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run the closed loop against a twin started here; returns the statistics."""
+    """Run the closed loop against a twin started here; returns the statistics.
+
+    ``report`` gets a status snapshot every ``report_every`` cycles; ``dashboard``
+    shows it live in the terminal; ``report_dir`` receives ``run.json`` and plots.
+    """
     from demuse_ros.runtime.policies import CheckpointPolicy, ExpertPolicy
     from demuse_ros.twin.runner import TwinProcess
 
@@ -53,13 +61,17 @@ def run_sim(
         runtime = Runtime(cell, pol, runtime_config)
         task: dict[str, Any] = {}
         interrupted = False
+        board = stack.enter_context(Dashboard()) if dashboard else None
         try:
             while (cycles is None or runtime.cycles < cycles) and time.monotonic() < end:
                 runtime.cycle()
                 if runtime.cycles % report_every == 0:
                     task = twin.call("task_status")
+                    status = status_of(runtime, cell, task)
+                    if board is not None:
+                        board.update(status)
                     if report is not None:
-                        report(_status(runtime, cell, task))
+                        report(status)
                     if stop_when_done and (task.get("done") or getattr(pol, "done", False)):
                         break
         except KeyboardInterrupt:
@@ -79,6 +91,15 @@ def run_sim(
                 if k.startswith(("chunks_", "rejected_", "servo_", "protective", "fault"))
             },
         }
+        if report_dir:
+            paths = write_report(
+                report_dir,
+                runtime.trace,
+                result,
+                rate_hz=runtime_config.chunk.rate_hz,
+                force_limit_n=cell.config.arm.safety.max_force_n,
+            )
+            result["report_files"] = [str(p) for p in paths]
     return result
 
 
@@ -86,23 +107,6 @@ def _with_stride(config: RuntimeConfig, stride: int) -> RuntimeConfig:
     import dataclasses
 
     return dataclasses.replace(config, chunk=dataclasses.replace(config.chunk, stride=stride))
-
-
-def _status(runtime: Runtime, cell: Cell, task: dict[str, Any]) -> dict[str, Any]:
-    st = runtime.stats()
-    arm = cell.arm.stats()
-    return {
-        "cycles": st["cycles"],
-        "tick_hz": st["tick_hz"],
-        "deadline_misses": st["deadline_misses"],
-        "policy_ms_p50": st["policy_ms_p50"],
-        "cycle_ms_p99": st["cycle_ms_p99"],
-        "holds": sum(st["holds"].values()),
-        "rejected": arm["chunks_rejected"],
-        "fault": arm["fault"],
-        "hold": arm["hold"],
-        "task": task.get("reason") or ("done" if task.get("done") else "running"),
-    }
 
 
 __all__ = ["run_sim"]

@@ -39,6 +39,7 @@ from demuse_ros.runtime.chunking import (
     validate_actions,
 )
 from demuse_ros.runtime.policies import Policy, observation_state
+from demuse_ros.runtime.report import RunTrace
 from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
 from demuse_ros.timing.clock import NS_PER_S, now_ns
 from demuse_ros.timing.loop import PeriodicLoop
@@ -109,6 +110,7 @@ class Runtime:
         self.loop = PeriodicLoop(self.config.chunk.rate_hz)
         self.plan: Waypoints | None = None
         self.timings = _Timings()
+        self.trace = RunTrace()
         self.cycles = 0
         self.chunks_sent = 0
         self.waypoints_sent = 0
@@ -158,6 +160,7 @@ class Runtime:
         durations = {"sync": t1 - t0}
         self.cycles += 1
         self._since_chunk += 1
+        held_before = sum(self.holds.values())
         rejected = self.cell.arm.stats()["chunks_rejected"]
         if rejected > self._arm_rejected:  # the arm's safety filter refused our last chunk
             self._arm_rejected = rejected
@@ -191,6 +194,15 @@ class Runtime:
                         self._since_chunk = 0
         durations["cycle"] = now_ns() - t0
         self.timings.add(durations)
+        policy_ms = durations.get("policy", math.nan * 1e6) / 1e6
+        self.trace.add(
+            t_ns=t0,
+            cycle_ms=durations["cycle"] / 1e6,
+            policy_ms=policy_ms,
+            blocking_ms=policy_ms,  # synchronous: the observation waits for the whole chunk
+            force_n=float(np.linalg.norm(obs.wrench[:3])) if obs.wrench is not None else math.nan,
+            held=float(sum(self.holds.values()) > held_before),
+        )
 
     def _plan(self, t_anchor_ns: int, actions: np.ndarray, obs: Any) -> Waypoints | None:
         cfg = self.config.chunk
