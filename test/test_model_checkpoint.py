@@ -18,6 +18,7 @@ from _model_helpers import randomize  # noqa: E402
 from demuse_ros.model.autoencoder import ConvAutoencoder, ConvAutoencoderConfig  # noqa: E402
 from demuse_ros.model.checkpoint import (  # noqa: E402
     CheckpointError,
+    load_autoencoder,
     load_autoencoder_checkpoint,
     load_policy,
     save_autoencoder,
@@ -126,12 +127,18 @@ def test_missing_folder_is_named(tmp_path: Path) -> None:
         load_policy(tmp_path / "nowhere")
 
 
-def test_autoencoder_checkpoint_round_trip(tmp_path: Path) -> None:
+def test_autoencoder_checkpoint_round_trip(tmp_path: Path, saved: tuple) -> None:
     ae = randomize(ConvAutoencoder(ConvAutoencoderConfig(base_channels=4, latent_channels=3)))
     back = load_autoencoder_checkpoint(save_autoencoder(tmp_path / "ae", ae))
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(back.encode(x), ae.eval().encode(x))
     assert back.latent_channels == 3
+    assert torch.equal(load_autoencoder(tmp_path / "ae").encode(x), back.encode(x))
+    # a policy checkpoint's autoencoder can be reused for the next training run
+    folder, _, policy_ae = saved
+    assert torch.equal(load_autoencoder(folder).encode(x), policy_ae.eval().encode(x))
+    with pytest.raises(CheckpointError, match="not an autoencoder"):
+        load_autoencoder(tmp_path)
 
 
 def test_normalization_round_trip(tmp_path: Path, stats: NormalizationStats) -> None:
@@ -139,6 +146,24 @@ def test_normalization_round_trip(tmp_path: Path, stats: NormalizationStats) -> 
     assert NormalizationStats.load(tmp_path / "n.json") == stats
     x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
     np.testing.assert_allclose(stats.actions.unnormalize(stats.actions.normalize(x)), x, atol=1e-5)
+
+
+def test_actions_span_minus_one_to_one_and_wrench_is_z_scored() -> None:
+    windows = EpisodeWindows(synthetic_episodes(4, 32, ticks=12), 4, 1)
+    stats = NormalizationStats.compute(windows)
+    actions = np.concatenate([windows[i].actions for i in range(len(windows))])
+    normalized = stats.actions.normalize(actions)
+    moving = np.asarray(stats.actions.scale) > 0  # constant dimensions normalize to 0
+    assert np.allclose(normalized[:, moving].min(0), -1) and np.allclose(
+        normalized.max(0)[moving], 1
+    )
+    assert (stats.actions.kind, stats.state.kind, stats.wrench.kind) == (
+        "minmax",
+        "minmax",
+        "zscore",
+    )
+    wrench = stats.wrench.normalize(np.stack([windows[i].wrench for i in range(len(windows))]))
+    assert abs(wrench[:, 2].mean()) < 1e-5 and abs(wrench[:, 2].std() - 1) < 1e-4
 
 
 def test_nothing_in_the_package_unpickles() -> None:

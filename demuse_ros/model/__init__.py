@@ -7,7 +7,8 @@
 * :mod:`.autoencoder`: the image autoencoder (built-in conv AE or a diffusers ``AutoencoderKL``);
 * :mod:`.data`, :mod:`.train`, :mod:`.checkpoint`, :mod:`.policy`: data, training, checkpoints
   and the observation → action-chunk wrapper;
-* :mod:`.flops`: parameter and FLOP counters.
+* :mod:`.flops`: parameter and FLOP counters; :mod:`.export`: one step for torch.export / ONNX;
+* :mod:`.commands`: the ``demuse train``, ``train-autoencoder`` and ``bench model`` handlers.
 
 Importing this package does not import torch; :mod:`.config` and :mod:`.flops` work without it.
 """

@@ -258,3 +258,36 @@ def load_autoencoder_checkpoint(folder: str | os.PathLike[str]) -> nn.Module:
     state = load_weights(folder / AE_WEIGHTS, manifest["weights_sha256"].get(AE_WEIGHTS))
     load_state_strict(model, state, str(folder / AE_WEIGHTS))
     return model.eval()
+
+
+def load_autoencoder(path: str | os.PathLike[str]) -> nn.Module:
+    """Any autoencoder a user may point at, in eval mode on the CPU:
+
+    * a diffusers ``AutoencoderKL`` folder (``diffusion_pytorch_model.safetensors``);
+    * a built-in autoencoder checkpoint (``demuse train-autoencoder``);
+    * a policy checkpoint, whose autoencoder is reused.
+
+    Raises:
+        CheckpointError: None of these, with what was found.
+    """
+    from .autoencoder import DiffusersAutoencoder, build_autoencoder
+
+    folder = Path(path)
+    if (folder / "diffusion_pytorch_model.safetensors").is_file():
+        return DiffusersAutoencoder.from_pretrained(folder)
+    if not (folder / MANIFEST).is_file():
+        raise CheckpointError(
+            f"{folder}: not an autoencoder: expected a diffusers AutoencoderKL folder, a "
+            "'demuse train-autoencoder' output or a policy checkpoint"
+        )
+    fmt = json.loads((folder / MANIFEST).read_text()).get("format")
+    if fmt != POLICY_FORMAT:
+        return load_autoencoder_checkpoint(folder)
+    manifest = read_manifest(folder, POLICY_FORMAT)
+    if not manifest.get("autoencoder"):
+        raise CheckpointError(f"{folder}: this policy checkpoint has no autoencoder")
+    model = build_autoencoder(manifest["autoencoder"])
+    if manifest["autoencoder"]["kind"] == "conv":
+        state = load_weights(folder / AE_WEIGHTS, manifest["weights_sha256"].get(AE_WEIGHTS))
+        load_state_strict(model, state, str(folder / AE_WEIGHTS))
+    return model.eval()

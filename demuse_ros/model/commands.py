@@ -70,9 +70,15 @@ def train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump({TRAIN_NODE: {"ros__parameters": to_dict(cfg)}}, sort_keys=False))
         return 0
     _need_torch()
+    from demuse_ros.config import ConfigError
+
+    from .checkpoint import CheckpointError
     from .train import train as run_training
 
-    metrics = run_training(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    try:
+        metrics = run_training(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except (CheckpointError, ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"demuse: {err}") from None
     print(_dumps({"out": str(Path(args.out).resolve()), **metrics}))
     return 0
 

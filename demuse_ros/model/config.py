@@ -277,10 +277,15 @@ class DiffusionConfig:
     aux_loss_weight: float = param(
         0.01, doc="weight of the MoE load-balancing loss (A.3)", range=(0.0, None)
     )
-    clip_x0: float = param(
-        5.0,
-        doc="DDIM clips its x0 estimate to ±this (normalized units; Z-scored actions and "
-        "unit-variance latents rarely pass 4) and recomputes ε from it; 0 turns it off",
+    clip_action_x0: float = param(
+        1.0,
+        doc="DDIM clips its action x0 estimate to ±this and recomputes ε from it (actions "
+        "are min-max normalized to [-1, 1]; Diffusion Policy's clip_sample); 0 turns it off",
+        range=(0.0, None),
+    )
+    clip_rgb_x0: float = param(
+        0.0,
+        doc="the same for the future RGB latents (unit variance, unbounded: off by default)",
         range=(0.0, None),
     )
     dust: bool = param(

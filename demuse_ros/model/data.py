@@ -20,7 +20,7 @@ import numpy as np
 
 NORMALIZATION_FORMAT = "demuse-normalization"
 NORMALIZATION_VERSION = 1
-_STD_FLOOR = 1e-6  # a constant dimension normalizes to 0 instead of dividing by 0
+_SCALE_FLOOR = 1e-6  # a constant dimension normalizes to 0 instead of dividing by 0
 
 
 @dataclass
@@ -193,38 +193,52 @@ DATASETS: dict[str, Callable[..., list[Episode]]] = {"synthetic": synthetic_epis
 # ------------------------------------------------------------ normalization
 @dataclass(frozen=True)
 class Stat:
-    """Per-dimension Z-score statistics."""
+    """A per-dimension affine normalization ``(x − offset) / scale``.
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    ``zscore``: offset = mean, scale = standard deviation (force/torque and depth,
+    paper C.2). ``minmax``: offset = mid-range, scale = half-range, so the data spans
+    [−1, 1] (state and actions, as in Diffusion Policy: a bounded target that DDIM's
+    x0 clipping can rely on; Z-scores put rare gripper moves at 10+ σ).
+    """
+
+    kind: str
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
 
     @classmethod
-    def of(cls, values: np.ndarray) -> Stat:
+    def zscore(cls, values: np.ndarray) -> Stat:
         v = np.asarray(values, dtype=np.float64)
-        return cls(tuple(v.mean(0).ravel().tolist()), tuple(v.std(0).ravel().tolist()))
+        return cls("zscore", tuple(v.mean(0).ravel().tolist()), tuple(v.std(0).ravel().tolist()))
+
+    @classmethod
+    def minmax(cls, values: np.ndarray) -> Stat:
+        v = np.asarray(values, dtype=np.float64)
+        lo, hi = v.min(0).ravel(), v.max(0).ravel()
+        return cls("minmax", tuple(((hi + lo) / 2).tolist()), tuple(((hi - lo) / 2).tolist()))
 
     def normalize(self, x: Any) -> Any:
-        """``(x − mean) / std`` on the last axis; numpy or torch (same type back)."""
-        mean, std = self._arrays(x)
-        return (x - mean) / std
+        """``(x − offset) / scale`` on the last axis; numpy or torch (same type back)."""
+        offset, scale = self._arrays(x)
+        return (x - offset) / scale
 
     def unnormalize(self, x: Any) -> Any:
-        mean, std = self._arrays(x)
-        return x * std + mean
+        offset, scale = self._arrays(x)
+        return x * scale + offset
 
     def _arrays(self, like: Any) -> tuple[Any, Any]:
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.maximum(np.asarray(self.std, dtype=np.float32), _STD_FLOOR)
+        offset = np.asarray(self.offset, dtype=np.float32)
+        scale = np.maximum(np.asarray(self.scale, dtype=np.float32), _SCALE_FLOOR)
         if isinstance(like, np.ndarray):
-            return mean, std
-        return like.new_tensor(mean), like.new_tensor(std)  # torch
+            return offset, scale
+        return like.new_tensor(offset), like.new_tensor(scale)  # torch
 
 
 @dataclass(frozen=True)
 class NormalizationStats:
-    """Global Z-score statistics stored next to a checkpoint (DESIGN §5, paper C.2).
+    """Normalization stored next to a checkpoint (DESIGN §5, paper C.2).
 
-    ``depth_m`` is one scalar statistic over all pixels (metres).
+    State and actions are min-max normalized to [−1, 1]; wrench and depth are
+    global Z-scores (``depth_m`` one scalar over all pixels, metres).
     """
 
     state: Stat
@@ -247,14 +261,17 @@ class NormalizationStats:
         actions = np.concatenate([s.actions for s in samples])  # every future action counts
         depth = np.concatenate([s.depth_m.reshape(-1, 1) for s in samples])
         return cls(
-            state=Stat.of(np.stack([s.state for s in samples])),
-            actions=Stat.of(actions),
-            wrench=Stat.of(np.stack([s.wrench for s in samples])),
-            depth_m=Stat.of(depth),
+            state=Stat.minmax(np.stack([s.state for s in samples])),
+            actions=Stat.minmax(actions),
+            wrench=Stat.zscore(np.stack([s.wrench for s in samples])),
+            depth_m=Stat.zscore(depth),
         )
 
     def to_json(self) -> dict[str, Any]:
-        body = {k: {"mean": list(s.mean), "std": list(s.std)} for k, s in self._items()}
+        body = {
+            k: {"kind": s.kind, "offset": list(s.offset), "scale": list(s.scale)}
+            for k, s in self._items()
+        }
         return {"format": NORMALIZATION_FORMAT, "version": NORMALIZATION_VERSION, **body}
 
     @classmethod
@@ -267,12 +284,15 @@ class NormalizationStats:
                 f"version {NORMALIZATION_VERSION}"
             )
         try:
-            return cls(
-                **{
-                    k: Stat(tuple(map(float, data[k]["mean"])), tuple(map(float, data[k]["std"])))
-                    for k in ("state", "actions", "wrench", "depth_m")
-                }
-            )
+            stats = {
+                k: Stat(
+                    str(data[k]["kind"]),
+                    tuple(map(float, data[k]["offset"])),
+                    tuple(map(float, data[k]["scale"])),
+                )
+                for k in ("state", "actions", "wrench", "depth_m")
+            }
+            return cls(**stats)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: malformed normalization statistics ({err!r})") from err
 

@@ -56,7 +56,6 @@ class NoiseSchedule:
 
     def __init__(self, cfg: DiffusionConfig, device: torch.device | str = "cpu") -> None:
         self.train_timesteps = cfg.train_timesteps
-        self.clip_x0 = cfg.clip_x0
         betas = torch.linspace(
             cfg.beta_start, cfg.beta_end, cfg.train_timesteps, dtype=torch.float64
         )
@@ -79,17 +78,19 @@ class NoiseSchedule:
         T = self.train_timesteps
         return [T * (n_steps - k) // n_steps - 1 for k in range(n_steps)]
 
-    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+    def ddim_step(
+        self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, clip: float = 0.0
+    ) -> torch.Tensor:
         """Deterministic DDIM (η = 0) from ``t`` to ``t_prev`` (−1: ᾱ = 1, the clean end).
 
-        With ``clip_x0`` the x0 estimate is clipped and ε recomputed from it (as
+        With ``clip > 0`` the x0 estimate is clipped to ±clip and ε recomputed from it (as
         diffusers' DDIMScheduler does), which keeps the first, noisiest steps bounded.
         """
         abar = self.alphas_cumprod[t]
         abar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else abar.new_ones(())
         x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
-        if self.clip_x0 > 0:
-            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        if clip > 0:
+            x0 = x0.clamp(-clip, clip)
             eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
         return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
 
@@ -164,6 +165,7 @@ class DDIMSampler:
                 f"steps × dust_q = {self.steps * self.q} exceeds the {cfg.train_timesteps} "
                 "training timesteps; use fewer steps"
             )
+        self.clip_action, self.clip_rgb = cfg.clip_action_x0, cfg.clip_rgb_x0
         self.t_action = self.schedule.ddim_timesteps(self.steps)
         self.t_vision = self.schedule.ddim_timesteps(self.steps * self.q)
         self.cache_steps = cache_steps or cache_experts
@@ -212,12 +214,12 @@ class DDIMSampler:
         if x_a is None:
             shape = (B, cfg.action_horizon, cfg.action_dim)
             x_a = torch.randn(shape, device=dev, generator=generator)
-        x_v = noise_rgb
-        if cond.rgb_latent is not None and x_v is None:
+        x_v = None  # the future RGB latents, when the model sees RGB
+        if cond.rgb_latent is not None:
             h = cfg.latent_size
-            x_v = torch.randn((B, cfg.rgb_out_channels, h, h), device=dev, generator=generator)
-        if cond.rgb_latent is None:
-            x_v = None
+            x_v = noise_rgb
+            if x_v is None:
+                x_v = torch.randn((B, cfg.rgb_out_channels, h, h), device=dev, generator=generator)
         n_v, n_a = len(self.t_vision), len(self.t_action)
         caches = self.step_caches(cond.task) if self.cache_steps else None
         for j, tv in enumerate(self.t_vision):
@@ -235,10 +237,10 @@ class DDIMSampler:
                 caches[j] if caches is not None else None,
             )
             if x_v is not None:
-                x_v = sch.ddim_step(
-                    x_v, out.eps_rgb, tv, self.t_vision[j + 1] if j + 1 < n_v else -1
-                )
+                tv_next = self.t_vision[j + 1] if j + 1 < n_v else -1
+                x_v = sch.ddim_step(x_v, out.eps_rgb, tv, tv_next, self.clip_rgb)
             if (j + 1) % self.q == 0:
                 eps_a = out.eps_action.reshape(x_a.shape)
-                x_a = sch.ddim_step(x_a, eps_a, ta, self.t_action[i + 1] if i + 1 < n_a else -1)
+                ta_next = self.t_action[i + 1] if i + 1 < n_a else -1
+                x_a = sch.ddim_step(x_a, eps_a, ta, ta_next, self.clip_action)
         return x_v, x_a
