@@ -95,6 +95,17 @@ def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert actions.shape == (1, 4, 7) and np.isfinite(actions).all()
 
 
+def test_training_takes_episodes_from_a_loader(tmp_path: Path) -> None:
+    """The recorder's episodes plug in through the Episode interface."""
+    episodes = synthetic_episodes(3, 64, n_tasks=2, ticks=4, seed=7)
+    metrics = train(TrainConfig(**QUICK, steps=2), tmp_path, progress=False, episodes=episodes)
+    assert metrics["step"] == 2
+    stats = DeMUSEPolicy.load(tmp_path).checkpoint.normalization
+    train_states = episodes[2].state  # round(0.5 × 3) = 2 episodes are held out
+    mid = (train_states.max(0) + train_states.min(0)) / 2
+    np.testing.assert_allclose(stats.state.offset, mid, atol=1e-6)
+
+
 def test_train_autoencoder_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train-autoencoder", "--out", str(tmp_path / "ae"), "--episodes", "1"]
     args += ["--image-size", "32", "--steps", "2", "--batch-size", "4", "--no-progress"]

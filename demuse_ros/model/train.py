@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import DIFFUSION_PRESETS, PRESETS, DiffusionConfig, ModelConfig, PolicyConfig
-from .data import DATASETS, EpisodeWindows, NormalizationStats, PolicyDataset
+from .data import DATASETS, Episode, EpisodeWindows, NormalizationStats, PolicyDataset
 from .diffusion import ModelBatch, NoiseSchedule, diffusion_loss
 from .dit import DeMUSE
 from .policy import BatchEncoder
@@ -144,18 +145,29 @@ class Trainer:
     """Builds data, autoencoder, model and optimizer from a :class:`TrainConfig`; runs them."""
 
     def __init__(
-        self, cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        progress: bool = True,
+        resume: bool = False,
+        episodes: Sequence[Episode] | None = None,
     ) -> None:
         """With ``resume``, normalization and autoencoder come from the run directory's
-        checkpoint (when it has one) instead of being computed and trained again."""
+        checkpoint (when it has one) instead of being computed and trained again.
+        ``episodes`` (e.g. loaded recordings) replace the ``cfg.data`` source."""
         self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
         self.policy_cfg = cfg.policy_config()
         mcfg = self.policy_cfg.model
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        episodes = DATASETS[cfg.data](
-            cfg.episodes, mcfg.image_size_px, mcfg.n_tasks, ticks=cfg.episode_ticks, seed=cfg.seed
-        )
+        if episodes is None:
+            episodes = DATASETS[cfg.data](
+                cfg.episodes,
+                mcfg.image_size_px,
+                mcfg.n_tasks,
+                ticks=cfg.episode_ticks,
+                seed=cfg.seed,
+            )
         n_val = round(cfg.val_fraction * len(episodes))  # whole episodes: no leakage
         split = {"train": episodes[n_val:], "val": episodes[:n_val]}
         windows = {
@@ -323,8 +335,16 @@ class Trainer:
         return metrics
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    episodes: Sequence[Episode] | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) one training run into ``out_dir``; returns the last metrics.
+
+    ``episodes`` replace the ``cfg.data`` source (the recorder's loader passes them here).
 
     Raises:
         ConfigError: The output directory already holds a run and ``resume`` is False.
@@ -335,7 +355,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             f"= {str(out)!r} already holds a training run; pass --resume or a new --out",
             key="out",
         )
-    trainer = Trainer(cfg, out, progress=progress, resume=resume)
+    trainer = Trainer(cfg, out, progress=progress, resume=resume, episodes=episodes)
     if resume:
         trainer.resume()
     return trainer.fit()
