@@ -157,3 +157,26 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path: Path) -> None:
     errors = np.stack(errors)
     assert errors.mean() < 0.1, errors.mean()
     assert errors.max() < 0.5, errors.max()
+
+
+@pytest.mark.gpu
+def test_training_and_sampling_on_cuda(tmp_path: Path) -> None:
+    """The same run on a GPU: trains, checkpoints, and its policy samples on GPU and CPU."""
+    metrics = train(TrainConfig(**QUICK, steps=3, device="cuda"), tmp_path, progress=False)
+    assert np.isfinite(metrics["loss"])
+    sample = EpisodeWindows(synthetic_episodes(1, 64, ticks=3), 4, 1)[0]
+    chunks = []
+    for device in ("cuda", "cpu"):
+        policy = DeMUSEPolicy.load(tmp_path, device=device)
+        chunks.append(
+            policy.predict(
+                sample.rgb[None, 0],
+                sample.depth_m[None],
+                sample.wrench[None],
+                sample.state[None],
+                [0],
+                generator=torch.Generator(device).manual_seed(0),
+            )
+        )
+    assert chunks[0].shape == chunks[1].shape == (1, 4, 7)
+    assert all(np.isfinite(c).all() for c in chunks)
