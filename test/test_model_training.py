@@ -35,6 +35,13 @@ QUICK = {
 }
 
 
+def test_shipped_train_yaml_documents_the_defaults() -> None:
+    from demuse_ros.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "config" / "train.yaml"
+    assert load_config(path, TrainConfig, "demuse_train") == TrainConfig()  # change both
+
+
 def test_lr_warms_up_then_decays_to_the_floor() -> None:
     f = [lr_factor(s, warmup=10, total=110, floor=0.1) for s in range(111)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
