@@ -184,3 +184,21 @@ def test_loss_backpropagates_into_every_parameter_used() -> None:
     terms.total.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def test_split_step_range_equals_one_pass_and_checks_bounds() -> None:
+    """SAI's two phases with unchanged conditions reproduce plain sampling exactly."""
+    model = randomize(DeMUSE(CFG)).eval()
+    sampler = DDIMSampler(model, DIFF)
+    cond = _conditions()
+    x0 = sampler.initial_noise(cond, generator=torch.Generator().manual_seed(1))
+    full = sampler.run_steps(cond, *x0, 0, sampler.n_evaluations)
+    assert torch.equal(full[1], sampler.sample(cond, *x0)[1])
+    mid = sampler.run_steps(cond, *x0, 0, 3)
+    split = sampler.run_steps(cond, *mid, 3, sampler.n_evaluations)
+    assert torch.equal(full[1], split[1]) and torch.equal(full[0], split[0])
+    other = _conditions(seed=5)  # a different observation for the second phase changes it
+    swapped = sampler.run_steps(other, *mid, 3, sampler.n_evaluations)
+    assert not torch.allclose(full[1], swapped[1])
+    with pytest.raises(ValueError, match="step range"):
+        sampler.run_steps(cond, *x0, 2, sampler.n_evaluations + 1)

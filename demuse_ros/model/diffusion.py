@@ -208,7 +208,18 @@ class DDIMSampler:
         Given the same noise (passed in, or from a seeded ``generator``) the result
         is deterministic (η = 0).
         """
-        model, cfg, sch = self.model, self.model.cfg, self.schedule
+        x_v, x_a = self.initial_noise(cond, noise_rgb, noise_action, generator)
+        return self.run_steps(cond, x_v, x_a, 0, self.n_evaluations)
+
+    def initial_noise(
+        self,
+        cond: Conditions,
+        noise_rgb: torch.Tensor | None = None,
+        noise_action: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The starting point ``(x_v | None, x_a)`` at t = T (given, or drawn)."""
+        cfg = self.model.cfg
         B, dev = cond.state.shape[0], cond.state.device
         x_a = noise_action
         if x_a is None:
@@ -220,9 +231,37 @@ class DDIMSampler:
             x_v = noise_rgb
             if x_v is None:
                 x_v = torch.randn((B, cfg.rgb_out_channels, h, h), device=dev, generator=generator)
+        return x_v, x_a
+
+    @torch.no_grad()
+    def run_steps(
+        self,
+        cond: Conditions,
+        x_v: torch.Tensor | None,
+        x_a: torch.Tensor,
+        start: int,
+        stop: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Denoiser evaluations ``start .. stop - 1`` of the schedule from ``(x_v, x_a)``.
+
+        ``run_steps(c, *initial_noise(c), 0, n_evaluations)`` is :meth:`sample`.
+        Splitting the range and changing ``cond`` between the parts is speculative
+        asynchronous inference (seed 004 §4.5): the first part on a predicted
+        observation, the rest on the real one. With DUST (``q > 1``) the split must
+        fall on an action step (a multiple of ``q``).
+        """
         n_v, n_a = len(self.t_vision), len(self.t_action)
+        if not 0 <= start <= stop <= n_v:
+            raise ValueError(f"step range [{start}, {stop}) must lie within [0, {n_v}]")
+        if start % self.q or (stop % self.q and stop != n_v):
+            raise ValueError(
+                f"with DUST q={self.q} a step range must start and stop on multiples of q"
+            )
+        model, sch = self.model, self.schedule
+        B, dev = cond.state.shape[0], cond.state.device
         caches = self.step_caches(cond.task) if self.cache_steps else None
-        for j, tv in enumerate(self.t_vision):
+        for j in range(start, stop):
+            tv = self.t_vision[j]
             i = j // self.q
             ta = self.t_action[i]
             rgb_in = None if x_v is None else torch.cat([cond.rgb_latent, x_v], dim=1)
