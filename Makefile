@@ -1,5 +1,5 @@
 # Two entry points, both for a fresh Debian/Ubuntu machine (see README "Quick start"):
-#   make demo   install, then run the main job on the simulated cell and the policy model's bench
+#   make demo   install, then run the main job on the simulated cell (the closed loop) and the policy model's bench
 #   make test   install with the sim, test, model and vae extras, then lint and run the whole
 #               test suite
 # Both install what they need: Debian packages (via apt-get, with sudo when not
@@ -29,8 +29,7 @@ venv: system-deps
 
 demo: venv
 	$(PIP) -e '.[sim,model]'
-	$(VENV)/bin/demuse bench twin --seconds 5 --episodes 5
-	$(VENV)/bin/demuse bench model --presets tiny,cpu --repeats 20
+	$(VENV)/bin/demuse run --sim --policy expert --seconds 60
 
 test: venv
 	$(PIP) -e '.[sim,test,model,vae]'
