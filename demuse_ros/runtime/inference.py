@@ -1,0 +1,219 @@
+"""Model inference for the runtime: off the control thread, synchronous or speculative.
+
+:class:`ModelPolicy` runs a DeMUSE checkpoint in an :class:`InferenceWorker`
+thread (torch releases the GIL inside its kernels, so the control thread stays
+responsive). The control thread hands over the real observation at a chunk
+boundary and waits for the chunk; the time from handing it over to the chunk
+being ready is the *blocking latency*.
+
+* ``sync``: all ``n`` denoising steps run on the real observation.
+* ``sai`` (speculative asynchronous inference, seed ``004`` §4.5): right after
+  chunk ``k`` is produced, the worker starts chunk ``k + 1`` on a *predicted*
+  observation and runs steps ``[0, s_mid)`` while chunk ``k`` executes. The
+  prediction is what the model itself expects at the next boundary: its own
+  predicted future RGB latent, the proprio state of chunk ``k``'s waypoint at
+  the boundary, and the last measured force and depth. When the real
+  observation arrives, it replaces the prediction and steps ``[s_mid, n)``
+  finish the chunk, so only those block. ``sai_steps = s_mid = 0`` is exactly
+  synchronous inference (tested), and so is any ``s_mid`` when the prediction
+  equals the real observation.
+
+Both modes draw the initial noise of chunk ``k`` from a generator seeded with
+``(seed, k)``, so a sync run and an SAI run see the same noise per chunk and
+their actions can be compared (``sai_action_dev``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from demuse_ros.config.schema import param, validate_fields
+from demuse_ros.runtime.policies import observation_state
+from demuse_ros.sync.observation import Observation
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the model runs (``runtime.inference`` in the policy node's parameters)."""
+
+    mode: str = param("sai", doc="sync or sai (speculative asynchronous)", choices=("sync", "sai"))
+    sai_steps: int = param(
+        6,
+        doc="s_mid: denoising steps run speculatively on the predicted observation "
+        "(0 = synchronous; at most the sampler's steps).",
+        range=(0, 1000),
+    )
+    task: int = param(0, doc="Task id the policy is conditioned on.", range=(0, 10_000))
+    seed: int = param(0, doc="Seed of the per-chunk initial noise.", range=(0, 2**31 - 1))
+    device: str = param("cpu", doc="torch device of the model.")
+    threads: int = param(0, doc="torch intra-op threads (0: torch's default).", range=(0, 256))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+class InferenceWorker:
+    """One thread that runs submitted callables in order; results come back as futures."""
+
+    def __init__(self, name: str = "inference") -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> _Future:
+        future = _Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            fn, future = item
+            try:
+                future.set(fn(), None)
+            except BaseException as exc:  # handed to the waiting thread
+                future.set(None, exc)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(5.0)
+
+
+class _Future:
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        if not self._done.wait(timeout_s):
+            raise TimeoutError("inference did not finish in time")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class ModelPolicy:
+    """A DeMUSE checkpoint as a runtime policy (sync or SAI; see the module docstring).
+
+    ``predict`` blocks the caller until the chunk is ready; ``last_blocking_ms``
+    and ``blocking_ms`` say how long, ``speculations_late`` counts boundaries at
+    which the speculative half was not finished yet.
+    """
+
+    def __init__(self, folder: str, config: InferenceConfig | None = None, *, stride: int = 8):
+        import torch
+
+        from demuse_ros.model.policy import DeMUSEPolicy
+
+        self.config = cfg = config or InferenceConfig()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.policy = DeMUSEPolicy.load(folder, device=cfg.device)
+        self.sampler = self.policy.sampler
+        self.encoder = self.policy.encoder
+        self.norm = self.policy.checkpoint.normalization
+        self.horizon = self.policy.checkpoint.config.model.action_horizon
+        self.name = f"{cfg.mode}:{folder}"
+        self.stride = stride
+        n = self.sampler.n_evaluations
+        self.s_mid = 0 if cfg.mode == "sync" else min(cfg.sai_steps, n)
+        q = self.sampler.q
+        if self.s_mid % q:
+            raise ValueError(f"sai_steps must be a multiple of the DUST q={q}, got {cfg.sai_steps}")
+        self.worker = InferenceWorker()
+        self.chunk_index = 0
+        self.blocking_ms: list[float] = []
+        self.last_blocking_ms = float("nan")
+        self.speculations_late = 0
+        self._speculation: _Future | None = None
+
+    # ------------------------------------------------------------------ policy API
+    def reset(self, obs: Observation) -> None:
+        self.chunk_index = 0
+        self._speculation = None
+
+    def predict(self, obs: Observation) -> np.ndarray:
+        t0 = time.perf_counter_ns()
+        cond = self._conditions(obs)
+        speculation = self._speculation
+        self._speculation = None
+        if speculation is not None and not speculation.done():
+            self.speculations_late += 1
+        k = self.chunk_index
+        future = self.worker.submit(lambda: self._finish(cond, speculation, k))
+        x_v, actions_norm = future.result()
+        actions = self.norm.actions.unnormalize(actions_norm).cpu().numpy()[0].astype(np.float64)
+        self.last_blocking_ms = (time.perf_counter_ns() - t0) / 1e6
+        self.blocking_ms.append(self.last_blocking_ms)
+        self.chunk_index += 1
+        if self.s_mid > 0:
+            self._speculation = self.worker.submit(
+                lambda: self._speculate(cond, x_v, actions, self.chunk_index)
+            )
+        return actions
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # ------------------------------------------------------------------ in the worker
+    def _conditions(self, obs: Observation) -> Any:
+        wrench = None if obs.wrench is None else np.asarray(obs.wrench)[None]
+        return self.encoder.conditions(
+            None if obs.rgb is None else obs.rgb[None],
+            None if obs.depth_m is None else obs.depth_m[None],
+            wrench,
+            observation_state(obs)[None],
+            [self.config.task],
+        )
+
+    def _noise(self, cond: Any, k: int) -> tuple[Any, Any]:
+        import torch
+
+        g = torch.Generator(device=cond.state.device).manual_seed(self.config.seed * 100_003 + k)
+        return self.sampler.initial_noise(cond, generator=g)
+
+    def _finish(self, cond: Any, speculation: _Future | None, k: int) -> tuple[Any, Any]:
+        if speculation is not None:
+            x_v, x_a = speculation.result()  # same thread, queued earlier: already done
+            start = self.s_mid
+        else:
+            x_v, x_a = self._noise(cond, k)
+            start = 0
+        return self.sampler.run_steps(cond, x_v, x_a, start, self.sampler.n_evaluations)
+
+    def predicted_conditions(self, cond: Any, x_v: Any, actions: np.ndarray) -> Any:
+        """What the model expects at the next boundary (see the module docstring)."""
+        import torch
+
+        latent = cond.rgb_latent
+        if latent is not None and x_v is not None:
+            latent = x_v[:, : latent.shape[1]]  # the first predicted future frame
+        boundary = actions[min(self.stride, len(actions)) - 1]  # the target reached there
+        state = self.norm.state.normalize(
+            torch.as_tensor(boundary[None], dtype=torch.float32, device=cond.state.device)
+        )
+        return cond._replace(rgb_latent=latent, state=state)
+
+    def _speculate(self, cond: Any, x_v: Any, actions: np.ndarray, k: int) -> tuple[Any, Any]:
+        predicted = self.predicted_conditions(cond, x_v, actions)
+        return self.sampler.run_steps(predicted, *self._noise(predicted, k), 0, self.s_mid)
+
+
+__all__ = ["InferenceConfig", "InferenceWorker", "ModelPolicy"]

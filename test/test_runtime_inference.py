@@ -1,0 +1,145 @@
+"""Synchronous vs speculative inference on a real (briefly trained) tiny checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs the model extra: pip install -e '.[model]'")
+
+from demuse_ros.runtime.inference import InferenceConfig, InferenceWorker, ModelPolicy  # noqa: E402
+from demuse_ros.sync.observation import InvalidReason, Observation  # noqa: E402
+
+
+def _policies(checkpoint: str, *configs: InferenceConfig) -> list[ModelPolicy]:
+    """Policies with the same weights, randomized so the conditions matter (2 training
+    steps leave the adaLN-Zero blocks near the identity)."""
+    from _model_helpers import randomize
+
+    out = []
+    for cfg in configs:
+        policy = ModelPolicy(checkpoint, cfg, stride=2)
+        randomize(policy.policy.model, seed=3)
+        policy.sampler.clip_action = 0.0  # random weights would pin every x0 to the clip
+        policy.sampler.clip_rgb = 0.0
+        out.append(policy)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    from demuse_ros.model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    cfg = TrainConfig(
+        preset="tiny",
+        episodes=2,
+        episode_ticks=3,
+        val_fraction=0.5,
+        batch_size=4,
+        autoencoder_steps=1,
+        val_every=0,
+        steps=2,
+        checkpoint_every=2,
+    )
+    train(cfg, out, progress=False)
+    return str(out)
+
+
+def _obs(seed: int, size: int = 48) -> Observation:
+    rng = np.random.default_rng(seed)
+    return Observation(
+        valid=True,
+        reason=InvalidReason.OK,
+        t_tick_ns=0,
+        rgb=rng.integers(0, 255, (size, size + 16, 3), dtype=np.uint8),
+        depth_m=rng.uniform(0.3, 1.0, (size, size + 16)).astype(np.float32),
+        wrench=rng.normal(0, 1, 6),
+        gripper_width_m=0.05,
+        tcp_pose=np.r_[rng.uniform(-0.1, 0.1, 3), np.pi, 0.0, 0.0],
+    )
+
+
+def test_worker_returns_results_and_errors() -> None:
+    worker = InferenceWorker()
+    try:
+        assert worker.submit(lambda: 41 + 1).result(1.0) == 42
+        with pytest.raises(ZeroDivisionError):
+            worker.submit(lambda: 1 / 0).result(1.0)
+    finally:
+        worker.close()
+
+
+@pytest.mark.slow
+def test_sai_with_no_speculative_steps_is_synchronous(checkpoint: str) -> None:
+    sync, sai0 = _policies(
+        checkpoint, InferenceConfig(mode="sync"), InferenceConfig(mode="sai", sai_steps=0)
+    )
+    try:
+        for k in range(3):
+            obs = _obs(k)
+            assert np.array_equal(sync.predict(obs), sai0.predict(obs))
+    finally:
+        sync.close()
+        sai0.close()
+
+
+@pytest.mark.slow
+def test_sai_equals_sync_when_the_prediction_is_the_real_observation(checkpoint: str) -> None:
+    sync, sai = _policies(
+        checkpoint, InferenceConfig(mode="sync"), InferenceConfig(mode="sai", sai_steps=4)
+    )
+    try:
+        first = _obs(0)
+        a_sync, a_sai = sync.predict(first), sai.predict(first)
+        assert np.array_equal(a_sync, a_sai)  # the first chunk has nothing to speculate from
+        # Feed SAI's own prediction back as the "real" observation: its conditions equal
+        # the speculative ones, so the split run must equal one synchronous pass.
+        spec_cond = sai.predicted_conditions(sai._conditions(first), None, a_sai)
+        real = _obs(0)
+        real.tcp_pose, real.gripper_width_m = a_sai[1, :6].copy(), float(a_sai[1, 6])
+        cond_real = sai._conditions(real)
+        assert torch.allclose(cond_real.state, spec_cond.state, atol=1e-6)
+        # The model's predicted RGB latent is not the real frame's, so this test runs the
+        # speculative half on the real conditions (a perfect prediction) by hand.
+        sai._speculation = sai.worker.submit(
+            lambda: sai.sampler.run_steps(cond_real, *sai._noise(cond_real, 1), 0, sai.s_mid)
+        )
+        b_sai = sai.predict(real)
+        b_sync = sync.predict(real)
+        assert np.allclose(b_sai, b_sync, atol=1e-5)
+        # and a speculative half on a different observation does change the chunk
+        sai._speculation = sai.worker.submit(
+            lambda: sai.sampler.run_steps(
+                sai._conditions(_obs(9)), *sai._noise(cond_real, 2), 0, sai.s_mid
+            )
+        )
+        c_sai, c_sync = sai.predict(real), sync.predict(real)
+        assert not np.allclose(c_sai, c_sync, atol=1e-5)
+    finally:
+        sync.close()
+        sai.close()
+
+
+@pytest.mark.slow
+def test_sai_blocks_for_fewer_steps(checkpoint: str) -> None:
+    sync, sai = _policies(
+        checkpoint, InferenceConfig(mode="sync"), InferenceConfig(mode="sai", sai_steps=6)
+    )
+    try:
+        for k in range(12):
+            obs = _obs(k)
+            sync.predict(obs)
+            sai.predict(obs)
+            # the speculative half runs while the chunk "executes"
+            sai._speculation.result(5.0)
+        b_sync = float(np.median(sync.blocking_ms[2:]))
+        b_sai = float(np.median(sai.blocking_ms[2:]))
+        print(f"blocking p50: sync {b_sync:.2f} ms, sai {b_sai:.2f} ms")
+        assert math.isfinite(b_sai) and b_sai < b_sync
+        assert sai.speculations_late == 0
+    finally:
+        sync.close()
+        sai.close()
