@@ -457,6 +457,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Hand
         _add_bench_model,
         _bench_model,
     ),
+    "policy": (
+        "one action chunk's full denoising per inference backend (torch, onnxruntime, "
+        "tensorrt): chunk and step latency, speedup over torch eager",
+        lambda p: __import__("demuse_ros.bench.policy_bench", fromlist=["add_args"]).add_args(p),
+        lambda args: __import__("demuse_ros.bench.policy_bench", fromlist=["main"]).main(args),
+    ),
 }
 
 
