@@ -299,14 +299,21 @@ def _run(args: argparse.Namespace) -> int:
             status["task"],
         )
 
+    import dataclasses
     import time
 
+    from demuse_ros.runtime.inference import InferenceConfig
+    from demuse_ros.runtime.scheduler import RuntimeConfig
+
     report_dir = args.report_dir or time.strftime("runs/run-%Y%m%d-%H%M%S")
+    inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
+    runtime_config = dataclasses.replace(RuntimeConfig(), inference=inference)
     _stop_on_sigterm()
     result = run_sim(
         _load_sim_config(_sim_args(args)),
         policy=args.policy,
         cell_config=_load_cell_config(args),
+        runtime_config=runtime_config,
         cycles=args.cycles,
         seconds=args.seconds,
         report=None if args.dashboard else report,
@@ -324,6 +331,19 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         default="expert",
         help="'expert' (the twin's scripted expert, --sim only) or a checkpoint folder",
     )
+    p.add_argument(
+        "--inference",
+        choices=("sync", "sai"),
+        default="sai",
+        help="checkpoint policies: synchronous or speculative asynchronous inference",
+    )
+    p.add_argument(
+        "--sai-steps",
+        type=int,
+        default=6,
+        help="denoising steps run speculatively before the real observation (0 = sync)",
+    )
+    p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
     p.add_argument("--cycles", type=int, help="stop after this many 10 Hz cycles")
     p.add_argument("--seconds", type=_positive_float, help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the run's statistics as JSON")
@@ -358,6 +378,32 @@ def _bench_drivers(args: argparse.Namespace) -> int:
     )
     _print_result(result, args.json)
     return 0
+
+
+def _bench_loop(args: argparse.Namespace) -> int:
+    from demuse_ros.bench import loop_bench
+
+    if not args.sim:
+        raise SystemExit("demuse bench loop: runs the closed loop; use --sim (the simulated cell)")
+    result = loop_bench.run(
+        args.cycles,
+        _load_sim_config(_sim_args(args)),
+        policy=args.policy,
+        cell_config=_load_cell_config(args),
+        sai_steps=args.sai_steps,
+    )
+    _print_result(result, args.json)
+    return 0
+
+
+def _add_bench_loop(p: argparse.ArgumentParser) -> None:
+    _add_cell_args(p)
+    p.add_argument(
+        "--policy",
+        help="checkpoint folder (default: a small cpu-preset checkpoint trained once and cached)",
+    )
+    p.add_argument("--cycles", type=int, default=600, help="cycles per mode (default 600)")
+    p.add_argument("--sai-steps", type=int, default=6, help="speculative steps (default 6)")
 
 
 def _add_bench_drivers(p: argparse.ArgumentParser) -> None:
@@ -445,6 +491,12 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Hand
         "simulated workcell: real-time factor, RTDE rate, render cost, expert success",
         _add_bench_twin,
         _bench_twin,
+    ),
+    "loop": (
+        "the closed loop with a checkpoint: rate, deadline misses, blocking latency sync "
+        "vs SAI, SAI's action deviation",
+        _add_bench_loop,
+        _bench_loop,
     ),
     "drivers": (
         "arm servo timing, F/T rate, camera fps and latency against the twin, idle and "

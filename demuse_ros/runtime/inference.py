@@ -143,6 +143,9 @@ class ModelPolicy:
         self.last_blocking_ms = float("nan")
         self.speculations_late = 0
         self._speculation: _Future | None = None
+        #: keep (conditions, chunk index, actions) of every chunk for action_deviation_m()
+        self.record = False
+        self._records: list[tuple[Any, int, np.ndarray]] = []
 
     # ------------------------------------------------------------------ policy API
     def reset(self, obs: Observation) -> None:
@@ -162,6 +165,8 @@ class ModelPolicy:
         actions = self.norm.actions.unnormalize(actions_norm).cpu().numpy()[0].astype(np.float64)
         self.last_blocking_ms = (time.perf_counter_ns() - t0) / 1e6
         self.blocking_ms.append(self.last_blocking_ms)
+        if self.record:
+            self._records.append((cond, k, actions))
         self.chunk_index += 1
         if self.s_mid > 0:
             self._speculation = self.worker.submit(
@@ -171,6 +176,26 @@ class ModelPolicy:
 
     def close(self) -> None:
         self.worker.close()
+
+    def action_deviation_m(self) -> dict[str, float]:
+        """Recorded chunks against synchronous denoising of the same observations and noise.
+
+        Returns the mean and max TCP position difference (m) over all waypoints of
+        all recorded chunks (0 for a synchronous policy). Runs the synchronous
+        passes now, on the calling thread.
+        """
+        import torch
+
+        if not self._records:
+            return {"mean_m": float("nan"), "max_m": float("nan"), "chunks": 0}
+        devs = []
+        with torch.inference_mode():
+            for cond, k, actions in self._records:
+                _, x_a = self._finish(cond, None, k)
+                sync = self.norm.actions.unnormalize(x_a).cpu().numpy()[0]
+                devs.append(np.linalg.norm(sync[:, :3] - actions[:, :3], axis=1))
+        d = np.concatenate(devs)
+        return {"mean_m": float(d.mean()), "max_m": float(d.max()), "chunks": len(devs)}
 
     # ------------------------------------------------------------------ in the worker
     def _conditions(self, obs: Observation) -> Any:

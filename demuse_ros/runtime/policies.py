@@ -4,8 +4,9 @@
   through the same scheduler, safety filter and servo path as a learned
   policy. It reads privileged task state from the twin (plunger position and
   force), so it exists only with ``--sim``.
-* :class:`CheckpointPolicy`: a trained DeMUSE checkpoint (torch), fed from the
-  observation by the same encoder training uses.
+* :class:`~demuse_ros.runtime.inference.ModelPolicy`: a trained DeMUSE
+  checkpoint, synchronous or speculative, fed from the observation by the same
+  encoder training uses.
 """
 
 from __future__ import annotations
@@ -79,30 +80,4 @@ class ExpertPolicy:
         return chunk
 
 
-class CheckpointPolicy:
-    """A DeMUSE checkpoint folder run with torch (see :mod:`demuse_ros.model.policy`)."""
-
-    def __init__(self, folder: str, task: int = 0, device: str = "cpu", **kwargs: Any) -> None:
-        from demuse_ros.model.policy import DeMUSEPolicy
-
-        self.policy = DeMUSEPolicy.load(folder, device=device, **kwargs)
-        self.task = task
-        self.horizon = self.policy.checkpoint.config.model.action_horizon
-        self.name = f"checkpoint:{folder}"
-
-    def reset(self, obs: Observation) -> None:
-        pass
-
-    def predict(self, obs: Observation) -> np.ndarray:
-        wrench = None if obs.wrench is None else np.asarray(obs.wrench)[None]
-        actions = self.policy.predict(
-            None if obs.rgb is None else obs.rgb[None],
-            None if obs.depth_m is None else obs.depth_m[None],
-            wrench,
-            observation_state(obs)[None],
-            [self.task],
-        )
-        return np.asarray(actions[0], dtype=np.float64)
-
-
-__all__ = ["CheckpointPolicy", "ExpertPolicy", "Policy", "observation_state"]
+__all__ = ["ExpertPolicy", "Policy", "observation_state"]

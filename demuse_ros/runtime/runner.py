@@ -36,13 +36,15 @@ def run_sim(
     report_every: int = 10,
     dashboard: bool = False,
     report_dir: str | None = None,
+    measure_sai_deviation: bool = False,
 ) -> dict[str, Any]:
     """Run the closed loop against a twin started here; returns the statistics.
 
     ``report`` gets a status snapshot every ``report_every`` cycles; ``dashboard``
     shows it live in the terminal; ``report_dir`` receives ``run.json`` and plots.
     """
-    from demuse_ros.runtime.policies import CheckpointPolicy, ExpertPolicy
+    from demuse_ros.runtime.inference import ModelPolicy
+    from demuse_ros.runtime.policies import ExpertPolicy
     from demuse_ros.twin.runner import TwinProcess
 
     runtime_config = runtime_config or RuntimeConfig()
@@ -57,7 +59,9 @@ def run_sim(
             # The expert re-plans every tick: its force loop closes at the loop rate.
             runtime_config = _with_stride(runtime_config, 1)
         else:
-            pol = CheckpointPolicy(policy)
+            pol = ModelPolicy(policy, runtime_config.inference, stride=runtime_config.chunk.stride)
+            stack.callback(pol.close)
+            pol.record = measure_sai_deviation
         runtime = Runtime(cell, pol, runtime_config)
         task: dict[str, Any] = {}
         interrupted = False
@@ -82,6 +86,8 @@ def run_sim(
         task = twin.call("task_status")
         result = {
             "policy": pol.name,
+            "inference": runtime_config.inference.mode if policy != "expert" else "expert",
+            "speculations_late": getattr(pol, "speculations_late", 0),
             "interrupted": interrupted,
             **runtime.stats(),
             "task": {k: task.get(k) for k in ("done", "success", "reason")},
@@ -91,6 +97,8 @@ def run_sim(
                 if k.startswith(("chunks_", "rejected_", "servo_", "protective", "fault"))
             },
         }
+        if measure_sai_deviation and hasattr(pol, "action_deviation_m"):
+            result["sai_action_dev"] = pol.action_deviation_m()
         if report_dir:
             paths = write_report(
                 report_dir,

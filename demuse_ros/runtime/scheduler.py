@@ -38,6 +38,7 @@ from demuse_ros.runtime.chunking import (
     merge_chunk,
     validate_actions,
 )
+from demuse_ros.runtime.inference import InferenceConfig
 from demuse_ros.runtime.policies import Policy, observation_state
 from demuse_ros.runtime.report import RunTrace
 from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
@@ -55,6 +56,7 @@ class RuntimeConfig:
 
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     policy_budget_s: float = param(
         0.09,
         doc="A policy call longer than this is an overrun: its chunk is dropped, the arm holds.",
@@ -195,11 +197,14 @@ class Runtime:
         durations["cycle"] = now_ns() - t0
         self.timings.add(durations)
         policy_ms = durations.get("policy", math.nan * 1e6) / 1e6
+        # A model policy measures its own blocking time (observation in -> chunk ready);
+        # for others the whole call blocks.
+        blocking_ms = getattr(self.policy, "last_blocking_ms", policy_ms)
         self.trace.add(
             t_ns=t0,
             cycle_ms=durations["cycle"] / 1e6,
             policy_ms=policy_ms,
-            blocking_ms=policy_ms,  # synchronous: the observation waits for the whole chunk
+            blocking_ms=blocking_ms if "policy" in durations else math.nan,
             force_n=float(np.linalg.norm(obs.wrench[:3])) if obs.wrench is not None else math.nan,
             held=float(sum(self.holds.values()) > held_before),
         )
@@ -271,8 +276,17 @@ class Runtime:
             "rephases": self.rephases,
             "holds": dict(self.holds),
             "invalid_observations": dict(self.invalid),
+            **self._blocking(),
             **self.timings.summary(),
         }
+
+    def _blocking(self) -> dict[str, float]:
+        values = self.trace.column("blocking_ms")
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return {"blocking_ms_p50": math.nan, "blocking_ms_p99": math.nan}
+        p50, p99 = np.percentile(values, (50, 99))
+        return {"blocking_ms_p50": float(p50), "blocking_ms_p99": float(p99)}
 
 
 __all__ = ["STAGES", "Runtime", "RuntimeConfig"]
