@@ -143,3 +143,41 @@ def test_sai_blocks_for_fewer_steps(checkpoint: str) -> None:
     finally:
         sync.close()
         sai.close()
+
+
+@pytest.mark.slow
+def test_checkpoint_closed_loop_in_the_twin(checkpoint: str, tmp_path) -> None:
+    pytest.importorskip("mujoco", reason="needs the sim extra")
+    pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
+    from dataclasses import replace
+
+    from demuse_ros.runtime.runner import run_sim
+    from demuse_ros.runtime.scheduler import RuntimeConfig
+    from demuse_ros.twin.runner import SimConfig
+    from demuse_ros.twin.ur_servers import URServersConfig
+
+    host = "127.0.0.85"
+    base = SimConfig()
+    sim = replace(
+        base,
+        ur_servers=URServersConfig(host=host),
+        modbus=replace(base.modbus, host=host, port=5085),
+    )
+    runtime = replace(RuntimeConfig(), inference=InferenceConfig(mode="sai", sai_steps=4))
+    result = run_sim(
+        sim,
+        policy=checkpoint,
+        runtime_config=runtime,
+        cycles=30,
+        stop_when_done=False,
+        report_dir=str(tmp_path / "run"),
+        measure_sai_deviation=True,
+    )
+    print({k: result[k] for k in ("cycles", "tick_hz", "holds", "blocking_ms_p50")})
+    assert result["cycles"] == 30 and result["inference"] == "sai"
+    assert math.isfinite(result["blocking_ms_p50"])
+    # every chunk that left the runtime went through the arm's safety filter
+    arm = result["arm"]
+    assert arm["chunks_accepted"] + arm["chunks_rejected"] == result["chunks_sent"]
+    assert result["sai_action_dev"]["chunks"] >= 1
+    assert (tmp_path / "run" / "run.json").is_file()
