@@ -95,11 +95,28 @@ def _load_sim_config(args: argparse.Namespace) -> Any:
         overrides["ur_servers.host"] = args.host
         overrides["modbus.host"] = args.host
     path = args.config or find_config("sim.yaml")
-    return load_config(path, SimConfig, "sim_node", overrides=overrides)
+    config = load_config(path, SimConfig, "sim_node", overrides=overrides)
+    scale = getattr(args, "camera_scale", None)
+    if scale is not None and scale != 1.0:
+        from demuse_ros.twin.runner import scale_camera
+
+        config = scale_camera(config, scale)
+    return config
+
+
+def _add_camera_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--camera-scale",
+        type=_positive_float,
+        default=1.0,
+        help="render the twin camera at this fraction of 640x480 (same view); 0.25 saves "
+        "about half a core on small machines",
+    )
 
 
 def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sim parameter file (default: the shipped config/sim.yaml)")
+    _add_camera_scale(p)
     p.add_argument(
         "--personality",
         choices=("cb3", "e-series"),
@@ -197,6 +214,7 @@ def _add_cell_args(p: argparse.ArgumentParser) -> None:
         "--sim", action="store_true", help="start the simulated cell and connect the drivers to it"
     )
     p.add_argument("--sim-config", help="twin parameter file (default: config/sim.yaml)")
+    _add_camera_scale(p)
     p.add_argument(
         "--personality", choices=("cb3", "e-series"), help="twin UR controller (with --sim)"
     )
@@ -208,7 +226,11 @@ def _add_cell_args(p: argparse.ArgumentParser) -> None:
 def _sim_args(args: argparse.Namespace) -> argparse.Namespace:
     """The twin's arguments in the shape _load_sim_config reads."""
     return argparse.Namespace(
-        config=args.sim_config, personality=args.personality, host=args.host, set=[]
+        config=args.sim_config,
+        personality=args.personality,
+        host=args.host,
+        set=[],
+        camera_scale=args.camera_scale,
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,9 @@ class Runtime:
         self.cell, self.policy = cell, policy
         self.config = config or RuntimeConfig()
         self.sync = Synchronizer(self.config.sync, cell.camera.ring, cell.ft.ring, cell.arm.ring)
-        self.loop = PeriodicLoop(self.config.chunk.rate_hz)
+        # No busy spin at the end of the sleep: 10 Hz needs no sub-ms wake precision, and
+        # a spin holds the GIL the inference thread needs between its kernels.
+        self.loop = PeriodicLoop(self.config.chunk.rate_hz, spin_s=0.0)
         self.plan: Waypoints | None = None
         self.timings = _Timings()
         self.trace = RunTrace()
@@ -144,9 +147,8 @@ class Runtime:
             return
         ring = self.cell.camera.ring
         count, start = ring.count, now_ns()
-        poll = PeriodicLoop(2000.0)
         while ring.count == count and now_ns() - start < wait_ns:
-            poll.wait()
+            time.sleep(0.0005)  # a plain sleep releases the GIL (no spin)
         waited = now_ns() - start
         if ring.count != count and waited > 10_000_000:
             # Next deadlines ~1 ms before a frame is due (camera and loop rates are

@@ -23,6 +23,7 @@ devices' protocols on loopback:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing as mp
@@ -100,6 +101,40 @@ class SimConfig:
                     "the software device must announce the intrinsics the twin renders with",
                     key=f"camera.{b}",
                 )
+
+
+def scale_camera(config: SimConfig, scale: float) -> SimConfig:
+    """``config`` with the camera resolution and intrinsics scaled by ``scale`` (same view).
+
+    On a 2-core machine rendering and streaming 640×480 RGB-D at 30 Hz costs about
+    half a core; a policy that looks at 64×64 crops loses nothing at ``scale=0.25``.
+    """
+    if not 0.05 <= scale <= 1.0:
+        raise ValueError(f"camera scale must be within 0.05..1, got {scale}")
+    render, feed = config.plant.camera, config.camera
+    width, height = round(render.width * scale), round(render.height * scale)
+    sx, sy = width / render.width, height / render.height
+    render = dataclasses.replace(
+        render,
+        width=width,
+        height=height,
+        fx=render.fx * sx,
+        fy=render.fy * sy,
+        cx=render.cx * sx,
+        cy=render.cy * sy,
+    )
+    feed = dataclasses.replace(
+        feed,
+        width=width,
+        height=height,
+        fx=feed.fx * sx,
+        fy=feed.fy * sy,
+        ppx=feed.ppx * sx,
+        ppy=feed.ppy * sy,
+    )
+    return dataclasses.replace(
+        config, plant=dataclasses.replace(config.plant, camera=render), camera=feed
+    )
 
 
 class Twin:
