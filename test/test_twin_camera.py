@@ -228,3 +228,18 @@ def test_db3_record_then_pipeline_playback(tmp_path) -> None:
         np.testing.assert_array_equal(p["color"], r["color"])
     with pytest.raises(ValueError, match="db3"):
         record_db3(tmp_path / "twin.bag", records, cfg)
+
+
+def test_scale_camera_keeps_the_view_and_passes_the_cross_check() -> None:
+    from demuse_ros.twin.runner import SimConfig, scale_camera
+
+    base = SimConfig()
+    small = scale_camera(base, 0.25)  # SimConfig's __post_init__ re-checks the intrinsics
+    assert (small.camera.width, small.camera.height) == (160, 120)
+    # the same field of view: focal length over width is unchanged
+    assert small.plant.camera.fx / small.plant.camera.width == pytest.approx(
+        base.plant.camera.fx / base.plant.camera.width
+    )
+    assert small.camera.ppx == pytest.approx(base.camera.ppx / 4)
+    with pytest.raises(ValueError, match="camera scale"):
+        scale_camera(base, 2.0)
