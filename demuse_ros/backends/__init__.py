@@ -90,8 +90,10 @@ def backend_class(backend: str) -> type[Denoiser]:
 
 
 def _alternatives(backend: str) -> str:
-    others = [n for n, why in available_backends().items() if why is None and n != backend]
-    return " or ".join(repr(n) for n in others) if others else "none (install torch)"
+    others = [repr(n) for n, why in available_backends().items() if why is None and n != backend]
+    if not others:
+        return "none (install torch: pip install '.[model]')"
+    return others[0] if len(others) == 1 else f"{', '.join(others[:-1])} or {others[-1]}"
 
 
 def _resolve(checkpoint_or_model: Any, diffusion: Any) -> tuple[Any, Any, str | None]:

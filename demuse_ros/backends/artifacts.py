@@ -68,7 +68,9 @@ def model_digest(model: DeMUSE) -> str:
 
 
 class SamplerGraphs:
-    """The step graph and its unrolled versions for one model, sampler and batch size."""
+    """The step graph and its unrolled versions for one model, sampler, batch size and
+    ONNX opset (onnxruntime takes 20, whose ``Gelu`` op it runs as one kernel; TensorRT
+    18, whose parser every TensorRT 10 release supports)."""
 
     def __init__(
         self,
@@ -77,13 +79,15 @@ class SamplerGraphs:
         batch: int = 1,
         cache_dir: str | os.PathLike[str] | None = None,
         digest: str | None = None,
+        opset: int = 18,
     ) -> None:
-        self.model, self.sampler, self.batch = model, sampler, batch
+        self.model, self.sampler, self.batch, self.opset = model, sampler, batch, opset
         key = {
             "export_version": EXPORT_VERSION,
             "torch": torch.__version__,
             "model": digest or model_digest(model),
             "batch": batch,
+            "opset": opset,
             "clip_rgb_x0": sampler.clip_rgb,
             "clip_action_x0": sampler.clip_action,
         }
@@ -135,7 +139,9 @@ class SamplerGraphs:
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=self.dir.parent))
         try:
             with _quiet_exporter():
-                export_sampler_onnx(self.model, self.sampler, tmp / STEP_GRAPH, self.batch)
+                export_sampler_onnx(
+                    self.model, self.sampler, tmp / STEP_GRAPH, self.batch, opset=self.opset
+                )
             self.dir.mkdir(exist_ok=True)
             for f in sorted(tmp.iterdir()):  # weights data first, the graph last
                 if f.name != STEP_GRAPH:

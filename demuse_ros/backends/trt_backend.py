@@ -43,8 +43,10 @@ from .tables import StepTables, cond_inputs
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "bf16", "fp32")
+PRECISIONS = ("fp16", "bf16", "tf32", "fp32")
 GRAPHS = ("loop", "step")
+#: ONNX opset of the graphs TensorRT parses (18: supported by every TensorRT 10 parser).
+TRT_OPSET = 18
 ALTERNATIVES = "use the 'torch' or 'onnxruntime' backend"
 
 
@@ -143,7 +145,9 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "bf16":
         config.set_flag(trt.BuilderFlag.BF16)
-    if precision != "fp32":
+    elif precision == "fp32":  # strict: TensorRT would otherwise pick TF32 matmuls
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if precision in ("fp16", "bf16"):
         for i in range(network.num_layers):
             layer = network.get_layer(i)
             if layer.type == trt.LayerType.NORMALIZATION:
@@ -201,7 +205,8 @@ class TensorRTDenoiser(Denoiser):
     """The sampler graphs as native TensorRT engines.
 
     Args:
-        precision: ``fp16`` (default), ``bf16`` or ``fp32`` (TF32 where TensorRT picks it).
+        precision: ``fp16`` (default), ``bf16``, ``tf32`` (float32 I/O, TF32 matmuls where
+            TensorRT picks them) or ``fp32`` (strict float32, for parity checks).
         graph: ``loop`` (one engine call per step range; an engine per range length) or
             ``step`` (one engine, one call per evaluation).
         cuda_graphs: Capture each call as a CUDA graph and replay it.
@@ -243,7 +248,9 @@ class TensorRTDenoiser(Denoiser):
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.cache = EngineCache(cache_dir)
-        self.graphs = SamplerGraphs(self.model, self.sampler, batch, cache_dir, model_digest)
+        self.graphs = SamplerGraphs(
+            self.model, self.sampler, batch, cache_dir, model_digest, opset=TRT_OPSET
+        )
         self.tables = StepTables(self.model, self.sampler, self.device)
         self.stream = torch.cuda.Stream(self.device)
         self.built: dict[int | None, bool] = {}  # per engine: built now (True) or loaded

@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "torch-compile": ("torch-compile", {"cuda_graphs": False}, "cpu"),
     "onnxruntime": ("onnxruntime", {"graph": "loop"}, "cpu"),
     "onnxruntime-step": ("onnxruntime", {"graph": "step"}, "cpu"),
+    "onnxruntime-2threads": ("onnxruntime", {"graph": "loop", "threads": 2, "spin": True}, "cpu"),
     "torch-compile-graphs": ("torch-compile", {"cuda_graphs": True}, "cuda"),
     "torch-compile-graphs-bf16": (
         "torch-compile",
@@ -68,7 +69,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="auto (default): cuda when a GPU is present, else cpu",
     )
     p.add_argument("--repeats", type=int, default=50, help="timed chunks per backend (default 50)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch's CPU threads (default: torch's choice)"
+    )
     p.add_argument("--cache-dir", default=None, help="ONNX/engine cache (default: the user cache)")
 
 
@@ -223,6 +226,7 @@ def run(
     import torch
 
     from demuse_ros.backends import make_denoiser
+    from demuse_ros.backends.base import BackendUnavailable
     from demuse_ros.model.config import DIFFUSION_PRESETS, PRESETS
     from demuse_ros.model.dit import DeMUSE
 
@@ -261,6 +265,11 @@ def run(
             if x0 is None:
                 x0 = d.initial_noise(cond, torch.Generator(device=device).manual_seed(seed))
             row.update(_measure(d, cond, x0, ref_actions, repeats))
+        except BackendUnavailable as err:
+            log.warning("%s: %s", label, err)
+            row["error"] = str(err)
+            rows.append(row)
+            continue
         except Exception as err:  # a backend that fails is reported, the others still run
             log.exception("backend %s failed", label)
             row["error"] = f"{type(err).__name__}: {err}"

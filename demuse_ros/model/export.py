@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .blocks import SparseMoE
 from .config import ModelConfig
 from .diffusion import DDIMSampler
 from .dit import DeMUSE, StepCache
@@ -201,6 +204,74 @@ def _ddim(x: torch.Tensor, eps: torch.Tensor, c: torch.Tensor, clip: float) -> t
     return sa_next * x0 + s1a_next * eps
 
 
+class ConcatExpertsMoE(SparseMoE):
+    """Inference form of a :class:`SparseMoE` for the exported graphs: compute all and mask,
+    as two wide matmuls.
+
+    The shared expert and every routed expert are concatenated along the hidden axis
+    (``W1 (Hs + E·He, d)``, ``W2 (d, Hs + E·He)``); the hidden activations of expert ``e``
+    are scaled by the token's gate weight for ``e`` (0 when not routed there, 1 for the
+    shared part), so the second matmul also sums the experts:
+    ``y = (GELU(x W1ᵀ + b1) ⊙ mask) W2ᵀ + b2_shared + Σ_e g_e b2_e`` = shared(x) +
+    Σ_e g_e expert_e(x) (MoDE's fused experts, with the mask per token). Same weight
+    traffic and arithmetic as :meth:`SparseMoE.routed_dense`, but one large GEMM each way
+    instead of a batched one plus the shared expert's: ~30 % faster per step for the
+    ``cpu`` preset in onnxruntime. The concatenated weights are copies taken at
+    construction (the model must not change afterwards).
+    """
+
+    def __init__(self, moe: SparseMoE) -> None:
+        nn.Module.__init__(self)  # shares the router; owns the concatenated copies
+        self.n_experts, self.top_k = moe.n_experts, moe.top_k
+        self.router = moe.router
+        E, d, He = moe.w1.shape
+        self.shared_hidden, self.expert_hidden = moe.shared.fc1.out_features, He
+        with torch.no_grad():
+            w1 = torch.cat([moe.shared.fc1.weight, moe.w1.transpose(1, 2).reshape(E * He, d)])
+            b1 = torch.cat([moe.shared.fc1.bias, moe.b1.reshape(E * He)])
+            w2 = moe.w2.permute(2, 0, 1).reshape(d, E * He)
+            w2 = torch.cat([moe.shared.fc2.weight, w2], dim=1)
+        self.register_buffer("w1_cat", w1.contiguous(), persistent=False)  # (Hs + E·He, d)
+        self.register_buffer("b1_cat", b1.contiguous(), persistent=False)
+        self.register_buffer("w2_cat", w2.contiguous(), persistent=False)  # (d, Hs + E·He)
+        self.register_buffer("b2_shared", moe.shared.fc2.bias.detach().clone(), persistent=False)
+        self.register_buffer("b2_experts", moe.b2.detach().clone(), persistent=False)  # (E, d)
+
+    def forward(
+        self, x: torch.Tensor, route_in: torch.Tensor, balance_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        B, N, _ = x.shape
+        E, He = self.n_experts, self.expert_hidden
+        _, weights, idx = self.gate(route_in)  # (B, N, k) each
+        combine = x.new_zeros(B, N, E).scatter(-1, idx, weights.to(x.dtype))  # (B, N, E)
+        h = F.gelu(F.linear(x, self.w1_cat, self.b1_cat), approximate="tanh")  # (B, N, H)
+        mask = torch.cat(
+            [
+                x.new_ones(B, N, self.shared_hidden),
+                combine[..., None].expand(B, N, E, He).reshape(B, N, E * He),
+            ],
+            dim=-1,
+        )  # (B, N, H)
+        y = F.linear(h * mask, self.w2_cat, self.b2_shared) + combine @ self.b2_experts
+        return y, x.new_zeros(())  # (B, N, d); no balancing statistics at inference
+
+
+def export_view(model: DeMUSE) -> DeMUSE:
+    """A copy of ``model``'s module tree that shares its parameters, with every MoE layer
+    in its :class:`ConcatExpertsMoE` form (``model`` itself is left untouched)."""
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    blocks = []
+    for block in model.blocks:
+        if isinstance(block.ffn, SparseMoE):
+            block = copy.copy(block)
+            block._modules = dict(block._modules)
+            block._modules["ffn"] = ConcatExpertsMoE(block.ffn)
+        blocks.append(block)
+    view._modules["blocks"] = nn.ModuleList(blocks)
+    return view.eval()
+
+
 class SamplerStep(nn.Module):
     """One DDIM evaluation with its update, from precomputed per-step tables (for export).
 
@@ -210,12 +281,13 @@ class SamplerStep(nn.Module):
     The per-slot modulations are gathered to the tokens inside the graph; the MoE runs
     every expert and masks (eval mode), so the graph has static shapes and no host syncs.
     Outputs: the next state and the noise predictions. Equal to one iteration of
-    :meth:`DDIMSampler.run_steps`.
+    :meth:`DDIMSampler.run_steps` up to float rounding (the MoE layers run as
+    :class:`ConcatExpertsMoE`, which sums the experts in another order).
     """
 
     def __init__(self, model: DeMUSE, clip_rgb: float, clip_action: float) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model = export_view(model.eval())
         self.clip_rgb, self.clip_action = clip_rgb, clip_action
         cfg = model.cfg
         self.has_rgb = "rgb" in cfg.modalities
@@ -415,10 +487,10 @@ def unroll_onnx(step_path: str | os.PathLike[str], k: int, path: str | os.PathLi
                 )
                 nodes.append(helper.make_node("Gather", [name, idx], [prefix + name], axis=0))
                 rename[name] = prefix + name
-        for node in g.node:
+        for i, node in enumerate(g.node):
             new = onnx.NodeProto()
             new.CopyFrom(node)
-            new.name = prefix + (node.name or node.op_type)
+            new.name = prefix + (node.name or f"{node.op_type}_{i}")
             new.input[:] = [rename.get(x, prefix + x) for x in node.input]
             new.output[:] = [prefix + x for x in node.output]
             nodes.append(new)
