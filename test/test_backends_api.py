@@ -101,6 +101,8 @@ def test_unknown_backends_and_options_are_named() -> None:
         make_denoiser("onnxruntime", model, warp_speed=True)
     with pytest.raises(ValueError, match="graph 'fused'"):
         make_denoiser("onnxruntime", model, graph="fused")
+    with pytest.raises(ValueError, match="does not match provider"):
+        make_denoiser("onnxruntime", model, device="cuda")
     with pytest.raises(TypeError, match="checkpoint folder"):
         make_denoiser("torch", 42)
 
@@ -279,3 +281,40 @@ def test_onnx_exports_are_cached_verified_and_rebuilt(
     leftovers = [p for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert crashed.step().exists() and len(exports) == 4
+
+
+def test_external_weights_are_shared_by_the_unrolled_graph(tmp_path: Path) -> None:
+    """``xl`` keeps its weights next to the step graph (protobufs stop at 2 GB): the
+    unrolled graph points at the same data file and computes the same chunk."""
+    import onnxruntime as ort
+
+    from demuse_ros.model.export import (
+        SamplerStep,
+        SamplerSteps,
+        export_sampler_onnx,
+        sampler_example_inputs,
+        sampler_input_names,
+        unroll_onnx,
+    )
+
+    model = randomize(DeMUSE(PRESETS["tiny"]), seed=4).eval()
+    sampler = DDIMSampler(model, DIFFUSION_PRESETS["tiny"])
+    export_sampler_onnx(model, sampler, tmp_path / "step.onnx", external_data=True)
+    unroll_onnx(tmp_path / "step.onnx", 8, tmp_path / "steps8.onnx")
+    data = tmp_path / "step.onnx.data"
+    assert data.stat().st_size > (tmp_path / "step.onnx").stat().st_size  # weights live there
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step.onnx",
+        "step.onnx.data",
+        "steps8.onnx",
+    ]
+    inputs = sampler_example_inputs(model, sampler, steps=8)
+    session = ort.InferenceSession(str(tmp_path / "steps8.onnx"))
+    names = sampler_input_names(model.cfg)
+    got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
+    with torch.no_grad():
+        ref = SamplerSteps(SamplerStep(model, sampler.clip_rgb, sampler.clip_action), 8)(*inputs)
+    np.testing.assert_allclose(got[1], ref[1].numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        got[0], ref[0].numpy(), rtol=1e-5, atol=1e-5 * float(ref[0].abs().max())
+    )

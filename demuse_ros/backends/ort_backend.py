@@ -81,6 +81,8 @@ class OnnxRuntimeDenoiser(Denoiser):
         precision: ``fp32``; ``fp16`` / ``bf16`` only with the TensorRT provider.
         cache_dir: Cache directory (default ``$DEMUSE_CACHE_DIR`` or ``~/.cache/demuse_ros``).
         model_digest: Identifies the weights for the export cache (default: hashed).
+        device: Where state and tables live; follows the provider (``cpu``, else ``cuda``;
+            ``cuda:1`` picks a GPU).
     """
 
     name = "onnxruntime"
@@ -99,6 +101,7 @@ class OnnxRuntimeDenoiser(Denoiser):
         precision: str = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         model_digest: str | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         ort = import_onnxruntime()
         if provider not in PROVIDERS:
@@ -125,7 +128,14 @@ class OnnxRuntimeDenoiser(Denoiser):
             )
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision {precision!r}: choose fp32, fp16 or bf16")
-        device = "cpu" if provider == "cpu" else "cuda"
+        wanted_type = "cpu" if provider == "cpu" else "cuda"
+        device = torch.device(device if device is not None else wanted_type)
+        if device.type != wanted_type:
+            raise ValueError(
+                f"device {str(device)!r} does not match provider {provider!r} (state and "
+                f"tables live on {wanted_type}); use "
+                + ("provider='cuda' or 'tensorrt'" if device.type == "cuda" else "device='cpu'")
+            )
         super().__init__(model, diffusion, steps, dust_q, batch, device, cache_experts=False)
         self.ort, self.provider, self.graph_kind = ort, provider, graph
         self.precision = precision

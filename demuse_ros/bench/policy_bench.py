@@ -6,9 +6,11 @@ initial noise. Per backend: setup time (export, build or load, compile), the lat
 a whole chunk (``n_steps`` evaluations from noise to the final actions on the host: GPU
 work is synchronized before the clock stops) and of one step (p50, p99), the largest
 action difference from torch eager, and the speedup over torch eager measured in the
-same run. On the ``cpu`` preset the best backend is checked against the goals (≤ 60 ms
-p50 per chunk, ≥ 1.5× torch eager); on a GPU the chunk is compared with the
-memory-bandwidth floor (weights read once per step at the measured copy bandwidth).
+same run. The backends are built first and then timed round robin (one chunk each in
+turn), so load from other processes that comes and goes hits all of them alike. On the
+``cpu`` preset the best backend is checked against the goals (≤ 60 ms p50 per chunk,
+≥ 1.5× torch eager); on a GPU the chunk is compared with the memory-bandwidth floor
+(weights read once per step at the measured copy bandwidth).
 
 Importing this module does not import torch (the CLI builds its parser from it).
 """
@@ -26,6 +28,8 @@ import numpy as np
 GOAL_CPU_CHUNK_MS = 60.0
 GOAL_SPEEDUP = 1.5
 _WARMUP = 3
+_ROUNDS = 5  # timing blocks per backend, interleaved
+_SETTLE_S = 0.25  # pause between blocks of different backends
 
 log = logging.getLogger(__name__)
 
@@ -175,43 +179,50 @@ def _copy_bandwidth_gb_s(device: Any) -> float:
     return 2 * a.numel() * a.element_size() / dt / 1e9
 
 
-def _measure(denoiser: Any, cond: Any, x0: Any, ref_actions: Any, repeats: int) -> dict[str, Any]:
-    n, q = denoiser.n_steps, denoiser.q
+class _Timed:
+    """One backend under measurement: its chunk and single-step calls and their times."""
 
-    def chunk() -> Any:
-        state = denoiser.run_steps(cond, x0, 0, n)
-        return denoiser.actions(state).float().cpu()  # synchronizes GPU work
+    def __init__(self, denoiser: Any, cond: Any, x0: Any) -> None:
+        self.d, self.cond, self.x0 = denoiser, cond, x0
+        n, q = denoiser.n_steps, denoiser.q
+        # One step is a range of q evaluations (DUST allows no shorter one), per evaluation.
+        denoiser.prepare([(j, j + q) for j in range(0, n, q)])
+        self.states = [x0]
+        for j in range(0, n - q, q):
+            self.states.append(denoiser.run_steps(cond, self.states[-1], j, j + q))
+        self.chunk_ms: list[float] = []
+        self.step_ms: list[float] = []
+        self.actions = self.chunk()  # warm-up
+        for _ in range(_WARMUP - 1):
+            self.chunk()
 
-    for _ in range(_WARMUP):
-        actions = chunk()
-    times = []
-    for _ in range(repeats):
+    def chunk(self) -> Any:
+        state = self.d.run_steps(self.cond, self.x0, 0, self.d.n_steps)
+        return self.d.actions(state).float().cpu()  # synchronizes GPU work
+
+    def time_chunk(self) -> None:
         t0 = time.perf_counter()
-        chunk()
-        times.append((time.perf_counter() - t0) * 1e3)
-    # One step: a range of q evaluations (DUST allows no shorter one), per evaluation.
-    denoiser.prepare([(j, j + q) for j in range(0, n, q)])
-    states = [x0]
-    for j in range(0, n, q):
-        states.append(denoiser.run_steps(cond, states[-1], j, j + q))
-    step_times = []
-    for r in range(max(repeats, n // q)):
-        j = (r * q) % n
+        self.chunk()
+        self.chunk_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def time_step(self, r: int) -> None:
+        q = self.d.q
+        i = r % len(self.states)
         t0 = time.perf_counter()
-        out = denoiser.run_steps(cond, states[j // q], j, j + q)
-        denoiser.actions(out).cpu()
-        step_times.append((time.perf_counter() - t0) * 1e3 / q)
-    p50, p99 = _percentiles(times)
-    s50, s99 = _percentiles(step_times)
-    diff = float((actions - ref_actions).abs().max()) if ref_actions is not None else 0.0
-    return {
-        "chunk_ms_p50": p50,
-        "chunk_ms_p99": p99,
-        "step_ms_p50": s50,
-        "step_ms_p99": s99,
-        "max_abs_action_diff_vs_torch": diff,
-        "_actions": actions,
-    }
+        out = self.d.run_steps(self.cond, self.states[i], i * q, i * q + q)
+        self.d.actions(out).cpu()
+        self.step_ms.append((time.perf_counter() - t0) * 1e3 / q)
+
+    def summary(self, ref_actions: Any) -> dict[str, Any]:
+        p50, p99 = _percentiles(self.chunk_ms)
+        s50, s99 = _percentiles(self.step_ms)
+        return {
+            "chunk_ms_p50": p50,
+            "chunk_ms_p99": p99,
+            "step_ms_p50": s50,
+            "step_ms_p99": s99,
+            "max_abs_action_diff_vs_torch": float((self.actions - ref_actions).abs().max()),
+        }
 
 
 def run(
@@ -247,7 +258,8 @@ def run(
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
     }
     rows: list[dict[str, Any]] = []
-    ref_actions = x0 = eager_p50 = None
+    timed: list[tuple[dict[str, Any], _Timed]] = []
+    x0 = None
     for label in _variants(names, device):
         backend, options, _ = VARIANTS[label]
         opts = dict(options)
@@ -256,6 +268,7 @@ def run(
         if backend != "onnxruntime":  # onnxruntime's device follows its provider
             opts.setdefault("device", device)
         row: dict[str, Any] = {"backend": label}
+        rows.append(row)
         try:
             t0 = time.perf_counter()
             d = make_denoiser(backend, model, diffusion=DIFFUSION_PRESETS[preset], **opts)
@@ -264,31 +277,41 @@ def run(
             row["description"] = d.describe()
             if x0 is None:
                 x0 = d.initial_noise(cond, torch.Generator(device=device).manual_seed(seed))
-            row.update(_measure(d, cond, x0, ref_actions, repeats))
+            timed.append((row, _Timed(d, cond, x0)))
         except BackendUnavailable as err:
             log.warning("%s: %s", label, err)
             row["error"] = str(err)
-            rows.append(row)
-            continue
         except Exception as err:  # a backend that fails is reported, the others still run
             log.exception("backend %s failed", label)
             row["error"] = f"{type(err).__name__}: {err}"
-            rows.append(row)
-            continue
-        actions = row.pop("_actions")
-        if label == "torch":
-            ref_actions, eager_p50 = actions, row["chunk_ms_p50"]
-        rows.append(row)
-        del d
+    # Round robin in blocks: background load that comes and goes hits every backend
+    # alike, so the ratios hold when the absolute numbers drift (this machine is shared).
+    # Before each block: a pause for the previous backend's thread pool to stop
+    # spin-waiting (torch's OpenMP threads spin for a while after each parallel region and
+    # would steal a core from the next backend) and one untimed chunk.
+    block = max(1, repeats // _ROUNDS)
+    n_step_calls = max(repeats, max((len(t.states) for _, t in timed), default=0))
+    for first in range(0, repeats, block):
+        for _, t in timed:
+            time.sleep(_SETTLE_S)
+            t.chunk()
+            for _ in range(min(block, repeats - first)):
+                t.time_chunk()
+            for r in range(first, min(first + block, n_step_calls)):
+                t.time_step(r)
+    ref = next((t for row, t in timed if row["backend"] == "torch"), None)
+    for row, t in timed:
+        row.update(t.summary(ref.actions if ref is not None else t.actions))
+    eager_p50 = next((r["chunk_ms_p50"] for r in rows if r["backend"] == "torch"), None)
     for row in rows:
         if "chunk_ms_p50" in row and eager_p50:
             row["torch_eager_chunk_ms_p50"] = eager_p50
             row["speedup_vs_torch_eager"] = eager_p50 / row["chunk_ms_p50"]
     result["n_steps"] = DIFFUSION_PRESETS[preset].ddim_steps * DIFFUSION_PRESETS[preset].dust_q
     result["rows"] = rows
-    timed = [r for r in rows if "chunk_ms_p50" in r]
-    if timed:
-        best = min(timed, key=lambda r: r["chunk_ms_p50"])
+    measured = [r for r in rows if "chunk_ms_p50" in r]
+    if measured:
+        best = min(measured, key=lambda r: r["chunk_ms_p50"])
         result["best"] = {k: best[k] for k in ("backend", "chunk_ms_p50", "speedup_vs_torch_eager")}
         if preset == "cpu" and device == "cpu":
             result["goals"] = {
