@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,12 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     "cpu": ("CPUExecutionProvider",),
     "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+#: provider option -> the method that creates its sessions
+_SESSION_FACTORY = {
+    "cpu": "_cpu_session",
+    "cuda": "_cuda_session",
+    "tensorrt": "_tensorrt_session",
 }
 GRAPHS = ("loop", "step")
 #: ONNX opset of the graphs onnxruntime runs: 20 has ``Gelu(approximate="tanh")`` as one op
@@ -172,13 +179,23 @@ class OnnxRuntimeDenoiser(Denoiser):
 
     def _create(self, k: int | None) -> Any:
         path = self.graphs.graph(k)
-        providers: list[Any] = list(PROVIDERS[self.provider])
-        if self.provider == "cpu":
-            return self.ort.InferenceSession(str(path), self._options(), providers=providers)
-        cuda_opts = {"device_id": self._device_id}
-        providers[providers.index("CUDAExecutionProvider")] = ("CUDAExecutionProvider", cuda_opts)
-        if self.provider == "cuda":
-            return self.ort.InferenceSession(str(path), self._options(), providers=providers)
+        return getattr(self, _SESSION_FACTORY[self.provider])(path, k)
+
+    def _session(self, path: Path, providers: list[Any]) -> Any:
+        return self.ort.InferenceSession(str(path), self._options(), providers=providers)
+
+    def _cpu_session(self, path: Path, k: int | None) -> Any:
+        return self._session(path, ["CPUExecutionProvider"])
+
+    def _cuda_providers(self) -> list[Any]:
+        return [("CUDAExecutionProvider", {"device_id": self._device_id}), "CPUExecutionProvider"]
+
+    def _cuda_session(self, path: Path, k: int | None) -> Any:
+        return self._session(path, self._cuda_providers())
+
+    def _tensorrt_session(self, path: Path, k: int | None) -> Any:
+        """TensorRT EP with its engine cache in an :class:`EngineCache` directory entry:
+        verified before the session loads it, sealed after a build."""
         key = EngineKey(
             kind="ort-tensorrt",
             onnx_sha256=self.graphs.sha256(path),
@@ -197,16 +214,16 @@ class OnnxRuntimeDenoiser(Denoiser):
             "trt_fp16_enable": self.precision == "fp16",
             "trt_bf16_enable": self.precision == "bf16",
         }
-        providers[0] = ("TensorrtExecutionProvider", trt_opts)
+        providers = [("TensorrtExecutionProvider", trt_opts), *self._cuda_providers()]
         if cached:
             log.info("onnxruntime TensorRT EP: cached engines for %s", key.describe())
-            return self.ort.InferenceSession(str(path), self._options(), providers=providers)
+            return self._session(path, providers)
         message = (
             f"onnxruntime's TensorRT EP is building engines for {path.name} "
             f"({key.describe()}); this takes minutes once, then loads from {folder}"
         )
         with build_progress(message):
-            session = self.ort.InferenceSession(str(path), self._options(), providers=providers)
+            session = self._session(path, providers)
             self._warm(session, k)  # the EP may build on the first run
         self.cache.seal_dir(key)
         return session
@@ -264,6 +281,8 @@ class OnnxRuntimeDenoiser(Denoiser):
         if self._device_type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # inputs written
         session.run_with_iobinding(io)
+        if self._device_type == "cuda":
+            io.synchronize_outputs()
         return outs
 
     def _run(self, cond: Conditions, state: DenoiseState, start: int, stop: int) -> DenoiseState:
@@ -294,7 +313,8 @@ class OnnxRuntimeDenoiser(Denoiser):
         return out.get("eps_rgb"), out["eps_action"]
 
     def describe(self) -> str:
-        threads = f", {self.threads} threads" if self.provider == "cpu" else ""
+        plural = "s" if self.threads > 1 else ""
+        threads = f", {self.threads} thread{plural}" if self.provider == "cpu" else ""
         return (
             f"onnxruntime {self.ort.__version__} {self.provider} ({self.graph_kind} graph, "
             f"{self.precision}{threads})"

@@ -342,7 +342,8 @@ class TensorRTDenoiser(Denoiser):
         engine.execute(self.stream)  # the first call also does TensorRT's lazy setup
         if self.cuda_graphs:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            # thread_local: CUDA work on other threads (the control loop) may go on meanwhile.
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                 engine.execute(self.stream)
             self._cuda_graphs[(k, j)] = graph
 
