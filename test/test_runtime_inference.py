@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,22 +15,17 @@ from demuse_ros.sync.observation import InvalidReason, Observation  # noqa: E402
 
 
 def _policies(checkpoint: str, *configs: InferenceConfig) -> list[ModelPolicy]:
-    """Policies with the same weights, randomized so the conditions matter (2 training
-    steps leave the adaLN-Zero blocks near the identity)."""
-    from _model_helpers import randomize
-
-    out = []
-    for cfg in configs:
-        policy = ModelPolicy(checkpoint, cfg, stride=2)
-        randomize(policy.policy.model, seed=3)
-        policy.sampler.clip_action = 0.0  # random weights would pin every x0 to the clip
-        policy.sampler.clip_rgb = 0.0
-        out.append(policy)
-    return out
+    return [ModelPolicy(checkpoint, replace(cfg, backend="torch"), stride=2) for cfg in configs]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
+    """A briefly trained tiny checkpoint, its weights randomized so the conditions matter
+    (2 training steps leave the adaLN-Zero blocks near the identity) and x0 clipping off
+    (random weights would pin every x0 to the clip)."""
+    from _model_helpers import randomize
+
+    from demuse_ros.model.checkpoint import load_policy, save_policy
     from demuse_ros.model.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_ckpt")
@@ -44,8 +40,18 @@ def checkpoint(tmp_path_factory) -> str:
         steps=2,
         checkpoint_every=2,
     )
-    train(cfg, out, progress=False)
-    return str(out)
+    train(cfg, out / "trained", progress=False)
+    ck = load_policy(out / "trained")
+    randomize(ck.model, seed=3)
+    diffusion = replace(ck.config.diffusion, clip_action_x0=0.0, clip_rgb_x0=0.0)
+    save_policy(
+        out / "random",
+        ck.model.state_dict(),
+        replace(ck.config, diffusion=diffusion),
+        ck.normalization,
+        ck.autoencoder,
+    )
+    return str(out / "random")
 
 
 def _obs(seed: int, size: int = 48) -> Observation:
@@ -105,15 +111,15 @@ def test_sai_equals_sync_when_the_prediction_is_the_real_observation(checkpoint:
         # The model's predicted RGB latent is not the real frame's, so this test runs the
         # speculative half on the real conditions (a perfect prediction) by hand.
         sai._speculation = sai.worker.submit(
-            lambda: sai.sampler.run_steps(cond_real, *sai._noise(cond_real, 1), 0, sai.s_mid)
+            lambda: sai.policy.run_steps(cond_real, sai._noise(cond_real, 1), 0, sai.s_mid)
         )
         b_sai = sai.predict(real)
         b_sync = sync.predict(real)
         assert np.allclose(b_sai, b_sync, atol=1e-5)
         # and a speculative half on a different observation does change the chunk
         sai._speculation = sai.worker.submit(
-            lambda: sai.sampler.run_steps(
-                sai._conditions(_obs(9)), *sai._noise(cond_real, 2), 0, sai.s_mid
+            lambda: sai.policy.run_steps(
+                sai._conditions(_obs(9)), sai._noise(cond_real, 2), 0, sai.s_mid
             )
         )
         c_sai, c_sync = sai.predict(real), sync.predict(real)
@@ -149,8 +155,6 @@ def test_sai_blocks_for_fewer_steps(checkpoint: str) -> None:
 def test_checkpoint_closed_loop_in_the_twin(checkpoint: str, tmp_path) -> None:
     pytest.importorskip("mujoco", reason="needs the sim extra")
     pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
-    from dataclasses import replace
-
     from demuse_ros.runtime.runner import run_sim
     from demuse_ros.runtime.scheduler import RuntimeConfig
     from demuse_ros.twin.runner import SimConfig

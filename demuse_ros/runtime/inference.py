@@ -44,6 +44,11 @@ class InferenceConfig:
     """How the model runs (``runtime.inference`` in the policy node's parameters)."""
 
     mode: str = param("sai", doc="sync or sai (speculative asynchronous)", choices=("sync", "sai"))
+    backend: str = param(
+        "onnxruntime",
+        doc="Denoiser backend: torch, torch-compile, onnxruntime or tensorrt "
+        "(demuse bench policy compares them; onnxruntime is 2-3x torch eager on a CPU).",
+    )
     sai_steps: int = param(
         6,
         doc="s_mid: denoising steps run speculatively on the predicted observation "
@@ -120,23 +125,23 @@ class ModelPolicy:
     def __init__(self, folder: str, config: InferenceConfig | None = None, *, stride: int = 8):
         import torch
 
-        from demuse_ros.model.policy import DeMUSEPolicy
+        from demuse_ros.backends.policy import BackendPolicy
 
         self.config = cfg = config or InferenceConfig()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.policy = DeMUSEPolicy.load(folder, device=cfg.device)
-        self.sampler = self.policy.sampler
+        self.policy = BackendPolicy.load(folder, backend=cfg.backend, device=cfg.device)
+        self.denoiser = self.policy.denoiser
         self.encoder = self.policy.encoder
         self.norm = self.policy.checkpoint.normalization
         self.horizon = self.policy.checkpoint.config.model.action_horizon
-        self.name = f"{cfg.mode}:{folder}"
+        self.name = f"{cfg.mode}:{cfg.backend}:{folder}"
         self.stride = stride
-        n = self.sampler.n_evaluations
+        n = self.n_steps = self.policy.n_steps
         self.s_mid = 0 if cfg.mode == "sync" else min(cfg.sai_steps, n)
-        q = self.sampler.q
-        if self.s_mid % q:
-            raise ValueError(f"sai_steps must be a multiple of the DUST q={q}, got {cfg.sai_steps}")
+        self.denoiser.check_range(0, self.s_mid)  # DUST: the split must fall on q
+        # Build graphs/sessions for both halves now, not in the first real-time cycle.
+        self.policy.prepare([(0, self.s_mid), (self.s_mid, n)] if self.s_mid else [])
         self.worker = InferenceWorker()
         self.chunk_index = 0
         self.blocking_ms: list[float] = []
@@ -161,8 +166,9 @@ class ModelPolicy:
             self.speculations_late += 1
         k = self.chunk_index
         future = self.worker.submit(lambda: self._finish(cond, speculation, k))
-        x_v, actions_norm = future.result()
-        actions = self.norm.actions.unnormalize(actions_norm).cpu().numpy()[0].astype(np.float64)
+        state = future.result()
+        actions = self.policy.unnormalize(state)[0].astype(np.float64)
+        x_v = self.denoiser.predicted_latents(state)
         self.last_blocking_ms = (time.perf_counter_ns() - t0) / 1e6
         self.blocking_ms.append(self.last_blocking_ms)
         if self.record:
@@ -191,8 +197,7 @@ class ModelPolicy:
         devs = []
         with torch.inference_mode():
             for cond, k, actions in self._records:
-                _, x_a = self._finish(cond, None, k)
-                sync = self.norm.actions.unnormalize(x_a).cpu().numpy()[0]
+                sync = self.policy.unnormalize(self._finish(cond, None, k))[0]
                 devs.append(np.linalg.norm(sync[:, :3] - actions[:, :3], axis=1))
         d = np.concatenate(devs)
         return {"mean_m": float(d.mean()), "max_m": float(d.max()), "chunks": len(devs)}
@@ -200,7 +205,7 @@ class ModelPolicy:
     # ------------------------------------------------------------------ in the worker
     def _conditions(self, obs: Observation) -> Any:
         wrench = None if obs.wrench is None else np.asarray(obs.wrench)[None]
-        return self.encoder.conditions(
+        return self.policy.conditions(
             None if obs.rgb is None else obs.rgb[None],
             None if obs.depth_m is None else obs.depth_m[None],
             wrench,
@@ -208,20 +213,18 @@ class ModelPolicy:
             [self.config.task],
         )
 
-    def _noise(self, cond: Any, k: int) -> tuple[Any, Any]:
+    def _noise(self, cond: Any, k: int) -> Any:
         import torch
 
         g = torch.Generator(device=cond.state.device).manual_seed(self.config.seed * 100_003 + k)
-        return self.sampler.initial_noise(cond, generator=g)
+        return self.policy.initial_noise(cond, generator=g)
 
-    def _finish(self, cond: Any, speculation: _Future | None, k: int) -> tuple[Any, Any]:
+    def _finish(self, cond: Any, speculation: _Future | None, k: int) -> Any:
         if speculation is not None:
-            x_v, x_a = speculation.result()  # same thread, queued earlier: already done
-            start = self.s_mid
+            state = speculation.result()  # same thread, queued earlier: already done
         else:
-            x_v, x_a = self._noise(cond, k)
-            start = 0
-        return self.sampler.run_steps(cond, x_v, x_a, start, self.sampler.n_evaluations)
+            state = self._noise(cond, k)
+        return self.policy.run_steps(cond, state, state.step, self.n_steps)
 
     def predicted_conditions(self, cond: Any, x_v: Any, actions: np.ndarray) -> Any:
         """What the model expects at the next boundary (see the module docstring)."""
@@ -236,9 +239,9 @@ class ModelPolicy:
         )
         return cond._replace(rgb_latent=latent, state=state)
 
-    def _speculate(self, cond: Any, x_v: Any, actions: np.ndarray, k: int) -> tuple[Any, Any]:
+    def _speculate(self, cond: Any, x_v: Any, actions: np.ndarray, k: int) -> Any:
         predicted = self.predicted_conditions(cond, x_v, actions)
-        return self.sampler.run_steps(predicted, *self._noise(predicted, k), 0, self.s_mid)
+        return self.policy.run_steps(predicted, self._noise(predicted, k), 0, self.s_mid)
 
 
 __all__ = ["InferenceConfig", "InferenceWorker", "ModelPolicy"]
