@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     if args.json:
-        from demuse_ros.cli import _dumps
+        from demuse_ros.cli_common import _dumps
 
         print(_dumps(result))
     else:

@@ -43,7 +43,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from demuse_ros.cli import _parse_overrides
+    from demuse_ros.cli_common import _parse_overrides
     from demuse_ros.config import ConfigError, load_config
     from demuse_ros.paths import find_config
 
@@ -59,7 +59,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def train(args: argparse.Namespace) -> int:
-    from demuse_ros.cli import _dumps
+    from demuse_ros.cli_common import _dumps
 
     cfg = _train_config(args)
     if args.print_config:
@@ -101,7 +101,7 @@ def train_autoencoder(args: argparse.Namespace) -> int:
     _need_torch()
     import numpy as np
 
-    from demuse_ros.cli import _dumps
+    from demuse_ros.cli_common import _dumps
 
     from .autoencoder import ConvAutoencoder, ConvAutoencoderConfig
     from .autoencoder import train_autoencoder as fit
@@ -150,7 +150,7 @@ def add_bench_model(p: argparse.ArgumentParser) -> None:
 def bench_model(args: argparse.Namespace) -> int:
     _need_torch()
     from demuse_ros.bench import model_bench
-    from demuse_ros.cli import _dumps
+    from demuse_ros.cli_common import _dumps
 
     presets = [n.strip() for n in args.presets.split(",") if n.strip()]
     unknown = [n for n in presets if n not in PRESETS]
