@@ -87,7 +87,7 @@ def _load_sim_config(args: argparse.Namespace) -> Any:
     config = load_config(path, SimConfig, "sim_node", overrides=overrides)
     scale = getattr(args, "camera_scale", None)
     if scale is not None and scale != 1.0:
-        from demuse_ros.twin.runner import scale_camera
+        from demuse_ros.twin.sim_config import scale_camera
 
         config = scale_camera(config, scale)
     return config

@@ -231,7 +231,7 @@ def test_db3_record_then_pipeline_playback(tmp_path) -> None:
 
 
 def test_scale_camera_keeps_the_view_and_passes_the_cross_check() -> None:
-    from demuse_ros.twin.runner import SimConfig, scale_camera
+    from demuse_ros.twin.sim_config import SimConfig, scale_camera
 
     base = SimConfig()
     small = scale_camera(base, 0.25)  # SimConfig's __post_init__ re-checks the intrinsics
