@@ -30,7 +30,7 @@ def test_shipped_sim_config_loads() -> None:
 
 
 def test_sim_config_rejects_inconsistent_parts() -> None:
-    from demuse_ros.twin.runner import URControllerConfig
+    from demuse_ros.twin.ur_controller import URControllerConfig
 
     with pytest.raises(ConfigError, match=r"set plant\.arm_model: ur10e"):
         SimConfig(controller=URControllerConfig(personality="e-series"))
