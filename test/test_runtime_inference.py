@@ -110,17 +110,23 @@ def test_sai_equals_sync_when_the_prediction_is_the_real_observation(checkpoint:
         assert torch.allclose(cond_real.state, spec_cond.state, atol=1e-6)
         # The model's predicted RGB latent is not the real frame's, so this test runs the
         # speculative half on the real conditions (a perfect prediction) by hand.
-        sai._speculation = sai.worker.submit(
-            lambda: sai.policy.run_steps(cond_real, sai._noise(cond_real, 1), 0, sai.s_mid)
+        sai._speculation = (
+            1,
+            sai.worker.submit(
+                lambda: sai.policy.run_steps(cond_real, sai._noise(cond_real, 1), 0, sai.s_mid)
+            ),
         )
         b_sai = sai.predict(real)
         b_sync = sync.predict(real)
         assert np.allclose(b_sai, b_sync, atol=1e-5)
         # and a speculative half on a different observation does change the chunk
-        sai._speculation = sai.worker.submit(
-            lambda: sai.policy.run_steps(
-                sai._conditions(_obs(9)), sai._noise(cond_real, 2), 0, sai.s_mid
-            )
+        sai._speculation = (
+            2,
+            sai.worker.submit(
+                lambda: sai.policy.run_steps(
+                    sai._conditions(_obs(9)), sai._noise(cond_real, 2), 0, sai.s_mid
+                )
+            ),
         )
         c_sai, c_sync = sai.predict(real), sync.predict(real)
         assert not np.allclose(c_sai, c_sync, atol=1e-5)
@@ -140,7 +146,7 @@ def test_sai_blocks_for_fewer_steps(checkpoint: str) -> None:
             sync.predict(obs)
             sai.predict(obs)
             # the speculative half runs while the chunk "executes"
-            sai._speculation.result(5.0)
+            sai._speculation[1].result(5.0)
         b_sync = float(np.median(sync.blocking_ms[2:]))
         b_sai = float(np.median(sai.blocking_ms[2:]))
         print(f"blocking p50: sync {b_sync:.2f} ms, sai {b_sai:.2f} ms")

@@ -119,6 +119,58 @@ def test_an_inference_stall_makes_the_arm_hold() -> None:
     assert cell.arm.stopped + (len(cell.sent) - 1) == 1  # held once: stop or a cut plan
 
 
+class AsyncPolicy(ScriptedPolicy):
+    """Computes chunks in a thread, like a model: ``submit`` returns at once."""
+
+    def submit(self, obs):
+        from demuse_ros.runtime.inference import InferenceWorker
+
+        if not hasattr(self, "worker"):
+            self.worker = InferenceWorker()
+        t0 = time.perf_counter_ns()
+        return self.worker.submit(lambda: (self.predict(obs), (time.perf_counter_ns() - t0) / 1e6))
+
+
+def test_a_model_chunk_is_collected_without_blocking_the_cycle() -> None:
+    policy = AsyncPolicy(sleep_s=0.05)
+    runtime, cell = _runtime(policy)
+    cell.observe()
+    # the cycle may wait for the chunk only until 5 ms before its next deadline
+    runtime._cycle_end_ns = now_ns() + 25_000_000
+    t0 = time.perf_counter()
+    runtime.step()
+    assert time.perf_counter() - t0 < 0.035 and not cell.sent  # returned in time, no chunk yet
+    assert runtime.stats()["policy_ms_p50"] < 35
+    time.sleep(0.06)
+    anchor = cell.camera.ring.read_latest(())["t_capture_ns"]
+    cell.observe()
+    runtime._cycle_end_ns = now_ns() + 100_000_000
+    runtime.step()  # the next cycle collects it: timed from its own observation
+    assert len(cell.sent) == 1 and runtime.holds["overrun"] == 0
+    offsets = (cell.sent[0][1] - anchor) / 1e8
+    assert np.allclose(offsets, np.round(offsets))
+    assert 50 <= runtime.stats()["blocking_ms_p50"] < 90
+    # a stalled model: an overrun hold once the budget is spent, nothing new asked
+    # until the stalled call returns, and its late chunk is never used
+    policy.sleep_s = 0.3
+    sent = len(cell.sent)
+    for _ in range(3):  # stride 2: the second cycle asks
+        time.sleep(0.05)
+        cell.observe()
+        runtime._cycle_end_ns = now_ns() + 100_000_000
+        runtime.step()
+    assert runtime.holds["overrun"] == 1 and policy.calls == 2
+    assert len(cell.sent) == sent or cell.arm.stopped or len(cell.sent[-1][1]) < 6
+    policy.sleep_s = 0.0
+    time.sleep(0.3)
+    for _ in range(2):
+        cell.observe()
+        runtime._cycle_end_ns = now_ns() + 100_000_000
+        runtime.step()
+    assert policy.calls == 3 and runtime.holds["overrun"] == 1
+    assert len(cell.sent) > sent
+
+
 def test_bad_chunks_and_invalid_observations_hold_and_are_counted() -> None:
     runtime, cell = _runtime(ScriptedPolicy(nan=True))
     cell.observe()

@@ -1,10 +1,12 @@
 """Model inference for the runtime: off the control thread, synchronous or speculative.
 
 :class:`ModelPolicy` runs a DeMUSE checkpoint in an :class:`InferenceWorker`
-thread (torch releases the GIL inside its kernels, so the control thread stays
-responsive). The control thread hands over the real observation at a chunk
-boundary and waits for the chunk; the time from handing it over to the chunk
-being ready is the *blocking latency*.
+thread (torch and onnxruntime release the GIL inside their kernels, so the
+control thread stays responsive). At a chunk boundary the control thread hands
+the real observation over (:meth:`ModelPolicy.submit`) and collects the chunk
+when it is ready (:mod:`~demuse_ros.runtime.scheduler` never waits past its
+next deadline). The time from handing it over to the chunk being ready —
+encoding the observation included — is the *blocking latency*.
 
 * ``sync``: all ``n`` denoising steps run on the real observation.
 * ``sai`` (speculative asynchronous inference, seed ``004`` §4.5): right after
@@ -106,6 +108,10 @@ class _Future:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s``; True once the result is set."""
+        return self._done.wait(timeout_s)
+
     def result(self, timeout_s: float | None = None) -> Any:
         if not self._done.wait(timeout_s):
             raise TimeoutError("inference did not finish in time")
@@ -117,9 +123,10 @@ class _Future:
 class ModelPolicy:
     """A DeMUSE checkpoint as a runtime policy (sync or SAI; see the module docstring).
 
-    ``predict`` blocks the caller until the chunk is ready; ``last_blocking_ms``
-    and ``blocking_ms`` say how long, ``speculations_late`` counts boundaries at
-    which the speculative half was not finished yet.
+    ``submit`` returns a future of ``(actions, blocking_ms)``; ``predict``
+    waits for it. ``last_blocking_ms`` and ``blocking_ms`` keep the latencies,
+    ``speculations_late`` counts boundaries at which the speculative half was
+    not finished yet.
     """
 
     def __init__(self, folder: str, config: InferenceConfig | None = None, *, stride: int = 8):
@@ -147,7 +154,8 @@ class ModelPolicy:
         self.blocking_ms: list[float] = []
         self.last_blocking_ms = float("nan")
         self.speculations_late = 0
-        self._speculation: _Future | None = None
+        #: (chunk index, future) of the speculative half queued for that chunk
+        self._speculation: tuple[int, _Future] | None = None
         #: keep (conditions, chunk index, actions) of every chunk for action_deviation_m()
         self.record = False
         self._records: list[tuple[Any, int, np.ndarray]] = []
@@ -157,28 +165,25 @@ class ModelPolicy:
         self.chunk_index = 0
         self._speculation = None
 
-    def predict(self, obs: Observation) -> np.ndarray:
+    def submit(self, obs: Observation) -> _Future:
+        """Hand the observation to the worker; the future yields ``(actions, blocking_ms)``.
+
+        The worker encodes the observation, finishes the chunk (from the
+        speculative half when there is one for this chunk), and in SAI mode
+        queues the speculation for the next chunk right behind it.
+        """
         t0 = time.perf_counter_ns()
-        cond = self._conditions(obs)
-        speculation = self._speculation
-        self._speculation = None
+        k = self.chunk_index
+        self.chunk_index += 1
+        pending, self._speculation = self._speculation, None
+        speculation = pending[1] if pending is not None and pending[0] == k else None
         if speculation is not None and not speculation.done():
             self.speculations_late += 1
-        k = self.chunk_index
-        future = self.worker.submit(lambda: self._finish(cond, speculation, k))
-        state = future.result()
-        actions = self.policy.unnormalize(state)[0].astype(np.float64)
-        x_v = self.denoiser.predicted_latents(state)
-        self.last_blocking_ms = (time.perf_counter_ns() - t0) / 1e6
-        self.blocking_ms.append(self.last_blocking_ms)
-        if self.record:
-            self._records.append((cond, k, actions))
-        self.chunk_index += 1
-        if self.s_mid > 0:
-            self._speculation = self.worker.submit(
-                lambda: self._speculate(cond, x_v, actions, self.chunk_index)
-            )
-        return actions
+        return self.worker.submit(lambda: self._chunk(obs, speculation, k, t0))
+
+    def predict(self, obs: Observation) -> np.ndarray:
+        """:meth:`submit` and wait: the chunk for ``obs``."""
+        return self.submit(obs).result()[0]
 
     def close(self) -> None:
         self.worker.close()
@@ -212,6 +217,25 @@ class ModelPolicy:
             observation_state(obs)[None],
             [self.config.task],
         )
+
+    def _chunk(
+        self, obs: Observation, speculation: _Future | None, k: int, t0_ns: int
+    ) -> tuple[np.ndarray, float]:
+        cond = self._conditions(obs)
+        state = self._finish(cond, speculation, k)
+        actions = self.policy.unnormalize(state)[0].astype(np.float64)
+        blocking_ms = (time.perf_counter_ns() - t0_ns) / 1e6
+        self.last_blocking_ms = blocking_ms
+        self.blocking_ms.append(blocking_ms)
+        if self.record:
+            self._records.append((cond, k, actions))
+        if self.s_mid > 0:
+            x_v = self.denoiser.predicted_latents(state)
+            self._speculation = (
+                k + 1,
+                self.worker.submit(lambda: self._speculate(cond, x_v, actions, k + 1)),
+            )
+        return actions, blocking_ms
 
     def _noise(self, cond: Any, k: int) -> Any:
         import torch

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,7 +22,13 @@ from demuse_ros.sync.observation import Observation
 
 
 class Policy(Protocol):
-    """What the runtime needs from a policy."""
+    """What the runtime needs from a policy.
+
+    A policy may also offer ``submit(obs) -> ChunkRequest``: the chunk is then
+    computed off the control thread and the loop keeps its deadlines while it
+    waits (:class:`~demuse_ros.runtime.inference.ModelPolicy` does). Without
+    ``submit``, ``predict`` runs inline in the cycle.
+    """
 
     name: str
     horizon: int  # actions per chunk
@@ -31,6 +38,42 @@ class Policy(Protocol):
 
     def predict(self, obs: Observation) -> np.ndarray:
         """``(horizon, 7)`` absolute TCP targets + gripper widths for the ticks after ``obs``."""
+
+
+class ChunkRequest(Protocol):
+    """A chunk being computed for one observation."""
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` for the chunk; True once it is ready."""
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """The chunk and its blocking latency (observation handed over → ready, ms).
+
+        Raises whatever the computation raised.
+        """
+
+
+class DoneRequest:
+    """A chunk computed inline by :meth:`Policy.predict` (the call's duration is its latency)."""
+
+    def __init__(self, policy: Policy, obs: Observation) -> None:
+        t0 = time.perf_counter_ns()
+        self._actions: np.ndarray | None = None
+        self._error: BaseException | None = None
+        try:
+            self._actions = policy.predict(obs)
+        except Exception as exc:  # handed to result(), like a worker's error
+            self._error = exc
+        self.blocking_ms = (time.perf_counter_ns() - t0) / 1e6
+
+    def wait(self, timeout_s: float) -> bool:
+        return True
+
+    def result(self) -> tuple[np.ndarray, float]:
+        if self._error is not None:
+            raise self._error
+        assert self._actions is not None
+        return self._actions, self.blocking_ms
 
 
 def observation_state(obs: Observation) -> np.ndarray:
@@ -80,4 +123,4 @@ class ExpertPolicy:
         return chunk
 
 
-__all__ = ["ExpertPolicy", "Policy", "observation_state"]
+__all__ = ["ChunkRequest", "DoneRequest", "ExpertPolicy", "Policy", "observation_state"]

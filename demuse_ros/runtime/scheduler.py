@@ -4,9 +4,14 @@ One :class:`Runtime` cycle, on a deadline-based :class:`PeriodicLoop`:
 
 1. ``sync``: :meth:`Synchronizer.tick` aligns F/T and arm state at the newest
    camera frame (the same code the recorder and the dataset loader use);
-2. ``policy``: every ``stride`` cycles (or when no plan is running) the policy
-   predicts a chunk from that observation (synchronous here; speculative
-   asynchronous inference is the next step of this module);
+2. ``policy``: ``stride`` cycles after the running chunk's observation (or when
+   no plan is running) the policy is asked for a chunk from this observation.
+   A policy with ``submit`` (a model) computes it off the control thread: the
+   cycle waits for it only until shortly before the next deadline, and a chunk
+   that is not ready by then is collected by a later cycle, its waypoints
+   still timed from its own observation. So inference never makes the loop
+   miss a deadline; a chunk later than ``policy_budget_s`` is an overrun.
+   Other policies (the scripted expert) run inline;
 3. ``plan``: action ``i`` gets the time ``t_anchor + (i + 1)·dt``; waypoints
    before ``now + actuation_latency_s`` are dropped; the rest are merged into
    the running plan and speed-bounded (:mod:`~demuse_ros.runtime.chunking`);
@@ -25,7 +30,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,7 +45,7 @@ from demuse_ros.runtime.chunking import (
     validate_actions,
 )
 from demuse_ros.runtime.inference import InferenceConfig
-from demuse_ros.runtime.policies import Policy, observation_state
+from demuse_ros.runtime.policies import DoneRequest, Policy, observation_state
 from demuse_ros.runtime.report import RunTrace
 from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
 from demuse_ros.timing.clock import NS_PER_S, now_ns
@@ -60,7 +65,8 @@ class RuntimeConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     policy_budget_s: float = param(
         0.09,
-        doc="A policy call longer than this is an overrun: its chunk is dropped, the arm holds.",
+        doc="A chunk not ready this long after its observation was handed to the policy is "
+        "an overrun: it is dropped and the arm holds.",
         unit="s",
         range=(0.001, 10.0),
     )
@@ -78,6 +84,17 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+
+
+#: A cycle that waits for a chunk stops waiting this long before the next deadline.
+_DEADLINE_MARGIN_S = 0.005
+
+
+class _Pending(NamedTuple):
+    request: Any  # a ChunkRequest
+    obs: Any  # the observation it was asked for
+    t_submit_ns: int
+    cycle: int
 
 
 class _Timings:
@@ -129,7 +146,10 @@ class Runtime:
         }
         self._arm_rejected = 0.0
         self.invalid: dict[str, int] = {}
-        self._since_chunk = math.inf
+        self._chunk_cycle = 0  # the cycle whose observation the running plan came from
+        self._pending: _Pending | None = None
+        self._abandoned: Any = None  # an overrun request still computing
+        self._cycle_end_ns: int | None = None  # when cycle() runs: the next deadline
         self.rephases = 0
         self._started = False
 
@@ -138,6 +158,7 @@ class Runtime:
         """Wait for the next deadline (and a fresh camera frame), run one cycle."""
         self.loop.wait()
         self._wait_for_frame()
+        self._cycle_end_ns = self.loop.next_deadline_ns
         self.step()
 
     def _wait_for_frame(self) -> None:
@@ -157,14 +178,14 @@ class Runtime:
             self.rephases += 1
 
     def step(self) -> None:
-        cfg = self.config
+        """One cycle: observe, ask for / collect a chunk, plan and send it (module docstring)."""
         t0 = now_ns()
         obs = self.sync.tick(t0)
         t1 = now_ns()
         durations = {"sync": t1 - t0}
         self.cycles += 1
-        self._since_chunk += 1
         held_before = sum(self.holds.values())
+        blocking_ms = math.nan
         rejected = self.cell.arm.stats()["chunks_rejected"]
         if rejected > self._arm_rejected:  # the arm's safety filter refused our last chunk
             self._arm_rejected = rejected
@@ -172,44 +193,92 @@ class Runtime:
         if not obs.valid:
             self.invalid[obs.reason.value] = self.invalid.get(obs.reason.value, 0) + 1
             self._hold("invalid_observation")
-        elif self._since_chunk >= cfg.chunk.stride or self.plan is None:
-            if not self._started:
-                self.policy.reset(obs)
-                self._started = True
-            actions = self.policy.predict(obs)
-            t2 = now_ns()
-            durations["policy"] = t2 - t1
-            if (t2 - t1) > cfg.policy_budget_s * NS_PER_S:
-                self._hold("overrun")
-            else:
-                try:
-                    actions = validate_actions(actions)
-                except ValueError as exc:
-                    log.warning("policy returned a bad chunk: %s", exc)
-                    self._hold("bad_chunk")
-                else:
-                    t_plan = now_ns()
-                    plan = self._plan(obs.t_anchor_ns, actions, obs)
-                    t3 = now_ns()
-                    durations["plan"] = t3 - t_plan
-                    if plan is not None:
-                        self._send(plan)
-                        durations["send"] = now_ns() - t3
-                        self._since_chunk = 0
+            self._abandon()  # a chunk for an older observation must not restart the arm
+        else:
+            if self._pending is None and self._due() and self._previous_finished():
+                if not self._started:
+                    self.policy.reset(obs)
+                    self._started = True
+                self._pending = _Pending(self._submit(obs), obs, t1, self.cycles)
+            if self._pending is not None:
+                blocking_ms = self._collect(durations)
         durations["cycle"] = now_ns() - t0
         self.timings.add(durations)
-        policy_ms = durations.get("policy", math.nan * 1e6) / 1e6
-        # A model policy measures its own blocking time (observation in -> chunk ready);
-        # for others the whole call blocks.
-        blocking_ms = getattr(self.policy, "last_blocking_ms", policy_ms)
         self.trace.add(
             t_ns=t0,
             cycle_ms=durations["cycle"] / 1e6,
-            policy_ms=policy_ms,
-            blocking_ms=blocking_ms if "policy" in durations else math.nan,
+            policy_ms=durations.get("policy", math.nan * 1e6) / 1e6,
+            blocking_ms=blocking_ms,
             force_n=float(np.linalg.norm(obs.wrench[:3])) if obs.wrench is not None else math.nan,
             held=float(sum(self.holds.values()) > held_before),
         )
+
+    def _due(self) -> bool:
+        """A new chunk is due: ``stride`` cycles after the last one's observation, or no plan."""
+        return self.plan is None or self.cycles - self._chunk_cycle >= self.config.chunk.stride
+
+    def _submit(self, obs: Any) -> Any:
+        submit = getattr(self.policy, "submit", None)
+        return submit(obs) if submit is not None else DoneRequest(self.policy, obs)
+
+    def _previous_finished(self) -> bool:
+        """An abandoned (overrun) request still computing blocks new ones: holding meanwhile."""
+        if self._abandoned is not None and self._abandoned.wait(0.0):
+            self._abandoned = None
+        return self._abandoned is None
+
+    def _abandon(self) -> None:
+        if self._pending is not None:
+            self._abandoned, self._pending = self._pending.request, None
+
+    def _collect(self, durations: dict[str, int]) -> float:
+        """Wait for the pending chunk, bounded so the cycle keeps its deadline; use it.
+
+        Returns the chunk's blocking latency (ms), NaN while it is not ready.
+        """
+        cfg, pending = self.config, self._pending
+        assert pending is not None
+        t_wait = now_ns()
+        budget_end = pending.t_submit_ns + round(cfg.policy_budget_s * NS_PER_S)
+        limit = budget_end
+        if self._cycle_end_ns is not None:
+            limit = min(limit, self._cycle_end_ns - round(_DEADLINE_MARGIN_S * NS_PER_S))
+        ready = pending.request.wait(max(0, limit - t_wait) / NS_PER_S)
+        t_ready = now_ns()
+        spent = t_ready - t_wait
+        if pending.cycle == self.cycles:  # asked (or run inline) in this cycle
+            spent += t_wait - pending.t_submit_ns
+        durations["policy"] = spent
+        if not ready:
+            if t_ready >= budget_end:
+                self._hold("overrun")
+                self._abandon()
+            return math.nan
+        self._pending = None
+        try:
+            actions, blocking_ms = pending.request.result()
+        except Exception as exc:
+            log.warning("the policy failed: %s: %s", type(exc).__name__, exc)
+            self._hold("bad_chunk")
+            return math.nan
+        if blocking_ms > cfg.policy_budget_s * 1e3:
+            self._hold("overrun")
+            return blocking_ms
+        try:
+            actions = validate_actions(actions)
+        except ValueError as exc:
+            log.warning("policy returned a bad chunk: %s", exc)
+            self._hold("bad_chunk")
+            return blocking_ms
+        t_plan = now_ns()
+        plan = self._plan(pending.obs.t_anchor_ns, actions, pending.obs)
+        t_send = now_ns()
+        durations["plan"] = t_send - t_plan
+        if plan is not None:
+            self._send(plan)
+            durations["send"] = now_ns() - t_send
+            self._chunk_cycle = pending.cycle
+        return blocking_ms
 
     def _plan(self, t_anchor_ns: int, actions: np.ndarray, obs: Any) -> Waypoints | None:
         cfg = self.config.chunk

@@ -160,6 +160,13 @@ class PeriodicLoop:
         """Requested loop rate."""
         return self._rate_hz
 
+    @property
+    def next_deadline_ns(self) -> int | None:
+        """The grid point the next :meth:`wait` waits for (``None`` before the first)."""
+        if self._t0_ns is None:
+            return None
+        return self._t0_ns + self._k * self._period_ns
+
     def start(self, t0_ns: int | None = None) -> None:
         """(Re)start the grid at ``t0_ns`` (default: now); the first deadline is a period later."""
         self._start(t0_ns)
