@@ -27,6 +27,8 @@ install_requires = [
     "PyYAML>=6.0",
     "rich>=13",  # the run dashboard
     "matplotlib>=3.8",  # the run report's plots
+    "mcap>=1.1,<2",  # episode files (demuse record)
+    "mcap-ros2-support>=0.5,<0.7",  # ROS 2 message schemas/CDR in them (uses its encoder module)
 ]
 
 extras_require = {

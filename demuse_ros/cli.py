@@ -28,6 +28,7 @@ from demuse_ros.cli_common import (
     _print_result,
     _stop_on_sigterm,
 )
+from demuse_ros.cli_record import _add_bench_record, _add_record, _bench_record
 from demuse_ros.timing.loop import PeriodicLoop
 
 Handler = Callable[[argparse.Namespace], int]
@@ -178,6 +179,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Hand
         _add_bench_model,
         _bench_model,
     ),
+    "record": (
+        "sustained episode recording of the simulated cell: drops, write MB/s, recorder CPU",
+        _add_bench_record,
+        _bench_record,
+    ),
     "policy": (
         "one action chunk's full denoising per inference backend (torch, onnxruntime, "
         "tensorrt): chunk and step latency, speedup over torch eager",
@@ -218,6 +224,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "run": (
         "run the 10 Hz policy loop on the cell (--sim: the simulated cell)",
         _add_run,
+    ),
+    "record": (
+        "record episodes to MCAP (ROS 2 messages; --sim: the scripted expert), or --recover",
+        _add_record,
     ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
     "train": ("train the DeMUSE policy (config/train.yaml) into a checkpoint folder", _add_train),
