@@ -23,6 +23,9 @@ until shortly before the next package is due, polls for it, and then
    clamps the step from the previous command with :meth:`SafetyFilter.limit_step`
    and sends ``servoL``.
 
+Teach mode (:meth:`ArmDriverProcess.teach_mode`, :mod:`~demuse_ros.drivers.arm_teach`):
+the UR is in freedrive, the state keeps streaming, chunks are refused (``teach_mode``).
+
 Watchdog: once no waypoint lies ahead, the final pose is held for at most
 ``watchdog_s``; then ``servoStop`` and the plan is dropped (``watchdog_stops``).
 A protective or emergency stop (safety status bits 2 / 7) latches a fault: the
@@ -63,6 +66,7 @@ from demuse_ros.drivers.arm_config import (
     measure_rate_hz,
 )
 from demuse_ros.drivers.arm_path import WaypointPlan, future_waypoints, validate_chunk
+from demuse_ros.drivers.arm_teach import ArmTeachMode
 from demuse_ros.drivers.process import EXIT_RESTART, Driver, DriverProcess
 from demuse_ros.safety.filter import SafetyFilter
 from demuse_ros.safety.wrench_guard import WrenchGuard
@@ -79,7 +83,7 @@ class ConnectionLostError(RuntimeError):
 
 
 # ------------------------------------------------------------------ driver
-class ArmDriver(Driver):
+class ArmDriver(ArmTeachMode, Driver):
     """The UR state/servo loop (runs in the child; see the module docstring)."""
 
     STATS: ClassVar[tuple[str, ...]] = STATS
@@ -263,6 +267,8 @@ class ArmDriver(Driver):
                 self._reset(now)
             elif kind == "stop":
                 self._stop_motion()
+            elif kind == "teach":
+                self._teach(bool(cmd[1]))
             elif kind == "reset_stats":  # start the timing statistics afresh
                 self._periods = PeriodRecorder()
                 self._packages = PeriodRecorder()
@@ -279,6 +285,9 @@ class ArmDriver(Driver):
             return
         if sent_ns < self._connected_since_ns:
             self._reject("stale")  # planned before this connection: never resume it
+            return
+        if self._teach_mode:
+            self._reject("teach_mode")  # moved by hand: no servo target
             return
         t = np.asarray(t_ns)
         if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
@@ -370,6 +379,7 @@ class ArmDriver(Driver):
             self._fault = True
             self._resetting_until_ns = None
             self._clear_plan()  # the robot is stopped; never resume this plan
+            self._set_teach(False)  # the program stopped, and with it teach mode
             self.count("faults")
             self.set("fault", 1.0)
         if not self._fault and not self.filter.hold_reason:
@@ -439,6 +449,7 @@ class ArmDriver(Driver):
     def _close(self, done: threading.Event) -> None:
         ctrl = self._ctrl
         if ctrl is not None:
+            self._end_teach_for_close()
             with contextlib.suppress(Exception):
                 ctrl.servoStop()
             with contextlib.suppress(Exception):
@@ -510,6 +521,11 @@ class ArmDriverProcess(DriverProcess):
     def stop_motion(self) -> None:
         """servoStop and drop the plan."""
         self.send(("stop",))
+
+    def teach_mode(self, on: bool) -> None:
+        """Teach mode on (the arm stops, then can be moved by hand; state keeps streaming,
+        chunks are refused with ``teach_mode``) or off (it holds; chunks accepted again)."""
+        self.send(("teach", bool(on)))
 
     def reset_timing_stats(self) -> None:
         """Start the servo period statistics afresh (benchmarks: after a warm-up)."""

@@ -15,9 +15,9 @@ PROTECTIVE_STOP_BIT = 2
 EMERGENCY_STOP_BIT = 7
 FAULT_MASK = (1 << PROTECTIVE_STOP_BIT) | (1 << EMERGENCY_STOP_BIT)
 
-#: Why a chunk can be refused: the filter's reasons, a latched fault, or sent
-#: before the current connection (a stale plan).
-REJECT_REASONS = (*(r for r in REASONS if r != "step_clamped"), "fault", "stale")
+#: Why a chunk can be refused: the filter's reasons, a latched fault, sent before
+#: the current connection (a stale plan), or the arm in teach mode (moved by hand).
+REJECT_REASONS = (*(r for r in REASONS if r != "step_clamped"), "fault", "stale", "teach_mode")
 
 STATS = (
     "state_records",
@@ -33,6 +33,7 @@ STATS = (
     "faults",
     "fault",
     "resets",
+    "teach_mode",
     "servo_rate_hz",
     "servo_period_ms_p50",
     "servo_period_ms_p99",

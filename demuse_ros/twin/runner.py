@@ -354,6 +354,8 @@ _SERVICE = {
     "plunger_top_pose": lambda rt: rt.twin.plant.task.plunger_top_pose().tolist(),
     "plunger_force_n": lambda rt: rt.twin.plant.task.force_n(),
     "reset": lambda rt, seed=None: rt.twin.reset(seed),
+    # An operator's hand on the tool (moves the arm only in teach mode): twist, seconds.
+    "guide_tcp": lambda rt, twist, seconds: rt.twin.controller.guide_tcp(twist, seconds),
 }
 
 

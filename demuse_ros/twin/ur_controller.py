@@ -23,7 +23,7 @@ Supported command ids: 1 moveJ, 2 moveJ_IK, 3 moveL, 4 moveL_FK, 7 forceModeStop
 stopl(10)), 8 zeroFtSensor (calls ``on_zero_ft_sensor``; ``actual_TCP_force`` is
 reported relative to the wrench at that moment), 9 speedJ, 10 speedL, 11 servoJ,
 15 speedStop, 16 servoStop, 17 setPayload, 18/19 teachMode/endTeachMode and 52/53/54
-freedrive (flag only; the arm holds position), 20/21 force-mode damping/gain scaling
+freedrive (see below), 20/21 force-mode damping/gain scaling
 (recorded), 24 servoL, 26 getStepTime, 27 getActualJointPositionsHistory,
 28 getTargetWaypoint, 29 setTcp, 30/46 getInverseKinematics, 31 protectiveStop,
 33 stopL, 34 stopJ, 35 setWatchdog (when no packet writes the command register for
@@ -42,6 +42,13 @@ Quirk kept as on the robot: cmd 44 reads the TCP offset from ``input_double_regi
 but ur_rtde 1.6.5's ``getForwardKinematics(q)`` without ``tcp_offset`` sends only
 registers 0..5, so the offset is whatever 6..11 last held (e.g. moveL's speed and
 acceleration); pass ``tcp_offset`` explicitly.
+
+Teach mode (18 ``teachMode``, 52 ``freedriveMode``; free axes and feature are not
+modelled): the arm stops holding its position (:class:`~.ur_motion.Freedrive`: the
+setpoint follows the measured joints) and follows an operator's hand, which the twin
+stands in for with :meth:`URController.guide_tcp`. Moves, servo/speed commands and
+stops are ignored meanwhile ("the robot will not be able to follow a trajectory"),
+19/53 end it (the arm holds where it is), and so does the end of the script.
 
 An IK failure inside a command (servoL, moveL, getInverseKinematics) is a script
 runtime error, as on the robot: the script stops (``runtime_state`` 1).
@@ -69,7 +76,7 @@ import numpy as np
 from demuse_ros.config import param, validate_fields
 from demuse_ros.kinematics import MODELS, IKError, URKinematics
 from demuse_ros.twin.interface import PERSONALITIES, Personality, Plant
-from demuse_ros.twin.ur_motion import Motion, StopJoint
+from demuse_ros.twin.ur_motion import Freedrive, Motion, StopJoint
 from demuse_ros.twin.ur_rtde_protocol import (
     INPUT_SLOTS,
     OUTPUT_DEFAULTS,
@@ -336,6 +343,16 @@ class URController(ControlScriptEmulation):
         with self._lock:
             if self._robot_mode in (ROBOT_IDLE, 4):
                 self._robot_mode = ROBOT_RUNNING
+
+    def guide_tcp(self, twist: Any, seconds: float) -> bool:
+        """An operator's hand moves the tool at ``twist`` (base frame, m/s and rad/s) for
+        ``seconds``. Only a compliant arm follows (teach mode); False otherwise."""
+        with self._lock:
+            motion = self._motion
+            if not isinstance(motion, Freedrive) or self._q is None:
+                return False
+            motion.guide(self._q, self._qd, np.asarray(twist, dtype=float), float(seconds))
+            return True
 
     def trigger_protective_stop(self, reason: str) -> None:
         """Raise a protective stop now (as a safety violation would)."""

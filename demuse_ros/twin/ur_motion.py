@@ -34,6 +34,10 @@ each generator starts from the current setpoint, switching between them
   through the Jacobian (damped least squares).
 * :class:`StopJoint` / :class:`StopLinear` — ``stopj`` / ``stopl``: the joint (or TCP)
   speed decays linearly at ``a`` to zero, direction kept.
+* :class:`Freedrive` — ``teach_mode`` / ``freedrive_mode``: the arm does not hold a
+  position; the setpoint follows the measured joints (the stiff plant servo then
+  only compensates gravity and damps), and an operator's hand
+  (:meth:`Freedrive.guide`, a TCP twist for a while) moves it.
 
 Kinematics: :class:`~demuse_ros.kinematics.URKinematics` (fast enough for IK in the
 2 ms e-Series cycle).
@@ -42,6 +46,7 @@ Kinematics: :class:`~demuse_ros.kinematics.URKinematics` (fast enough for IK in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -301,3 +306,39 @@ class StopLinear:
                 twist[sl] = 0.0
         v1 = np.zeros(6) if done else _dls_solve(J, twist)
         return q + 0.5 * (qd + v1) * dt, v1, done
+
+
+#: How fast the emulated operator's hand reaches its twist (m/s² and rad/s²).
+HAND_ACCEL = 1.0
+
+
+class Freedrive:
+    """Teach mode: compliant arm, moved by an operator's hand (module docstring).
+
+    The twin has no hand to push the arm with, so :meth:`guide` stands in for one:
+    the tool moves at a TCP twist (base frame) for ``seconds`` (ramped at
+    :data:`HAND_ACCEL`, through the Jacobian like ``speedl``); without a hand the
+    setpoint is the measured position ``actual()``, so nothing holds the arm.
+    Never finishes by itself (``endTeachMode`` ends it).
+    """
+
+    kind = "freedrive"
+
+    def __init__(self, kin: URKinematics, vmax: np.ndarray, actual: Callable[[], np.ndarray]):
+        self.kin, self.vmax, self.actual = kin, vmax, actual
+        self.hand: SpeedLinear | None = None
+
+    def guide(self, q: np.ndarray, qd: np.ndarray, twist: np.ndarray, seconds: float) -> None:
+        """The hand moves the tool at ``twist`` (m/s, rad/s) for ``seconds`` from now."""
+        hand = self.hand or SpeedLinear(self.kin, q, qd, self.vmax)
+        hand.set_target(np.asarray(twist, dtype=float), HAND_ACCEL, max(seconds, 1e-9), True)
+        self.hand = hand
+
+    def step(self, q: np.ndarray, qd: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        hand = self.hand
+        if hand is not None:
+            q1, qd1, _ = hand.step(q, qd, dt)
+            if hand.remaining_s <= 0.0 and not np.any(hand.twist):
+                self.hand = None  # let go
+            return q1, qd1, False
+        return np.array(self.actual(), dtype=float), np.zeros(6), False

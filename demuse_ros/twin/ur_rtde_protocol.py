@@ -31,6 +31,7 @@ import numpy as np
 
 from demuse_ros.kinematics import IKError, URKinematics, matrix_to_pose, pose_to_matrix
 from demuse_ros.twin.ur_motion import (
+    Freedrive,
     JointMove,
     LinearMove,
     ServoTracker,
@@ -176,6 +177,8 @@ SAFETY_MODE_NAMES = {
 # rtde_control script: command ids processed every cycle, and the stops that block.
 RT_COMMANDS = frozenset({6, 9, 10, 11, 24, 25, 26, 27, 38, 58, 66, 67, 68, 69, 70, 71})
 SYNC_STOP_COMMANDS = frozenset({7, 15, 16, 42})
+#: Moves, speeds, servos, jogs and stops: ignored (answered at once) in teach mode.
+MOTION_COMMANDS = frozenset({1, 2, 3, 4, 9, 10, 11, 24, 33, 34, 41}) | SYNC_STOP_COMMANDS
 STOPPED, PLAYING, PAUSED = 1, 2, 4  # runtime_state
 _IK_TOL = 1e-10  # get_inverse_kin's default max position/orientation error
 
@@ -378,6 +381,12 @@ class ControlScriptEmulation:
     def _dispatch(self, cmd: int, fresh: bool) -> None:
         q_now, kin = self._q, self.kin
         assert q_now is not None
+        if cmd in MOTION_COMMANDS and isinstance(self._motion, Freedrive):
+            # "The robot will not be able to follow a trajectory in this mode" (URScript).
+            if -cmd not in self._logged:
+                self._logged.add(-cmd)
+                log.warning("UR twin: command id %d ignored in teach mode", cmd)
+            return
         if cmd in (1, 2, 3, 4):
             target, v, a, asynchronous = self._vec(0), self._d(6), self._d(7), self._n(1) == 1
             if cmd == 2:
@@ -446,11 +455,15 @@ class ControlScriptEmulation:
             self._payload = [self._d(0), *cog]
             if cmd == 65:
                 self._payload_inertia = self._vec(4).tolist()
-        elif cmd in (18, 19, 52, 53):
-            self._flags["freedrive"] = cmd in (18, 52)
-            self._set_motion(None)
+        elif cmd in (18, 52):  # teach_mode() / freedrive_mode(): the arm stops holding
+            if not isinstance(self._motion, Freedrive):
+                self._set_motion(Freedrive(kin, self._vmax, lambda: self._actual_q))
+        elif cmd in (19, 53):  # end_teach_mode() / end_freedrive_mode(): hold where it is
+            if isinstance(self._motion, Freedrive):
+                self._q, self._qd = self._actual_q.copy(), np.zeros(6)
+                self._set_motion(None)
         elif cmd == 54:
-            self._flag_result(bool(self._flags.get("freedrive", False)))
+            self._flag_result(isinstance(self._motion, Freedrive))
         elif cmd in (20, 21, 59):
             self._flags[f"cmd{cmd}"] = self._vec(0, 3).tolist()
         elif cmd == 26:
