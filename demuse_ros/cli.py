@@ -29,6 +29,7 @@ from demuse_ros.cli_common import (
     _stop_on_sigterm,
 )
 from demuse_ros.cli_record import _add_bench_record, _add_record, _bench_record
+from demuse_ros.cli_teleop import _add_teleop
 from demuse_ros.timing.loop import PeriodicLoop
 
 Handler = Callable[[argparse.Namespace], int]
@@ -228,6 +229,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "record": (
         "record episodes to MCAP (ROS 2 messages; --sim: the scripted expert), or --recover",
         _add_record,
+    ),
+    "teleop": (
+        "drive the arm by keyboard, SpaceMouse or by hand (freedrive), through the safety "
+        "filter (--sim: the simulated cell)",
+        _add_teleop,
     ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
     "train": ("train the DeMUSE policy (config/train.yaml) into a checkpoint folder", _add_train),
