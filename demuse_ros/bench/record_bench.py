@@ -8,12 +8,13 @@ runtime), then reads the file back and reports:
   checked against the recorder's record counts);
 * ``drops``: records lost in the rings plus items the writer dropped (0 = every
   record the drivers wrote during the episode is in the file);
-* ``write_mb_s`` (bytes written / episode time), ``backlog_mb_max``, ``stalls``;
+* ``write_mb_s`` (bytes written / episode time; compressed), ``raw_mb_s`` (the
+  same before chunk compression), ``backlog_mb_max``, ``stalls``;
 * ``cpu_percent``: CPU time of the recorder's two threads (drain + writer,
   ``time.thread_time`` in each) over the episode's wall time, in % of one core;
 * ``codecs``: lz4 and zstd (level 3, what the MCAP writer uses) on 1 MiB chunks of
   the recorded images — throughput on one core and ratio — and the share of a
-  core each would add at this write rate.
+  core each costs at this raw data rate.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def run(
             records = ep.metadata["records"]
             counts = dict(ep.counts)
             codecs = _codecs(ep)
+            raw_mb_s = ep.uncompressed_bytes / duration / 1e6
         rec = result["recorder"]
         file_matches = all(
             counts.get(topic, 0) == records[stream]
@@ -71,6 +73,7 @@ def run(
             "lost": rec["lost"],
             "writer_dropped": rec["dropped"],
             "write_mb_s": write_mb_s,
+            "raw_mb_s": raw_mb_s,
             "cpu_percent": rec["cpu_s"] / duration * 100.0,
             "cpu_source": "time.thread_time() of the recorder's drain and writer threads",
             "drain_cpu_percent": rec["drain_cpu_s"] / duration * 100.0,
@@ -85,7 +88,7 @@ def run(
             "compression": compression,
             "runtime": result["runtime"],
             "codecs": {
-                name: {**c, "core_share_at_write_rate": write_mb_s / c["mb_s"]}
+                name: {**c, "core_share_at_raw_rate": raw_mb_s / c["mb_s"]}
                 for name, c in codecs.items()
             },
         }

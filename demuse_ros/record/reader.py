@@ -150,6 +150,7 @@ class Episode:
         self._decoders = DecoderFactory()
         self._fh: Any = None
         self.tail_error: str | None = None
+        self.uncompressed_bytes = 0
         self.readable_bytes = self.path.stat().st_size
         raw_meta: dict[str, dict[str, str]] = {}
         if self.complete:
@@ -196,6 +197,8 @@ class Episode:
         self.topics = {
             ch.topic: summary.schemas[ch.schema_id].name for ch in summary.channels.values()
         }
+        #: bytes of the chunks before compression (the raw data rate's numerator)
+        self.uncompressed_bytes = sum(ci.uncompressed_size for ci in summary.chunk_indexes)
         counts = summary.statistics.channel_message_counts
         self.counts = {ch.topic: int(counts.get(cid, 0)) for cid, ch in summary.channels.items()}
         for m in reader.iter_metadata():

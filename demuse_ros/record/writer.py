@@ -11,7 +11,8 @@ file. Nothing is lost silently:
   ``dropped_bytes``) and logged; a backlog above half the budget is logged too;
 * an I/O error stops writing, is kept in ``error`` and re-raised by ``close``.
 
-Crash safety: messages go into MCAP chunks of about ``chunk_size_bytes``; every
+Crash safety: messages go into MCAP chunks of about ``chunk_size_bytes``, closed
+between items (the messages of one item never straddle two chunks); every
 finished chunk is handed to the OS at once (no user-space buffering), and an open
 chunk is finished at least every ``flush_interval_s``. A ``kill -9`` therefore
 loses only the chunk being filled (≤ ``flush_interval_s`` of data); what is on
@@ -130,10 +131,14 @@ class EpisodeWriter:
         self.topics = dict(topics)
         self.max_backlog_bytes = int(max_backlog_bytes)
         self.flush_interval_s = float(flush_interval_s)
+        self.chunk_size_bytes = int(chunk_size_bytes)
+        self._chunk_bytes = 0
         self._sink: Any = sink if sink is not None else _FileSink(self.path)
         self._mcap = McapWriter(
             self._sink,
-            chunk_size=int(chunk_size_bytes),
+            # Chunks are finished here, between items, never by size inside mcap: all
+            # messages of one item (one ring record) land in the same chunk.
+            chunk_size=1 << 62,
             compression={
                 "none": CompressionType.NONE,
                 "lz4": CompressionType.LZ4,
@@ -281,11 +286,15 @@ class EpisodeWriter:
                     item = self._queue.popleft() if self._queue else None
                 if item is not None:
                     self._write_item(item)
-                if time.monotonic() - last_flush >= self.flush_interval_s:
+                if (
+                    self._chunk_bytes >= self.chunk_size_bytes
+                    or time.monotonic() - last_flush >= self.flush_interval_s
+                ):
                     t0 = time.perf_counter()
                     self._mcap.flush()  # finish the open chunk: on disk at most this late
                     self.write_s += time.perf_counter() - t0
                     last_flush = time.monotonic()
+                    self._chunk_bytes = 0
                 self.cpu_s = time.thread_time() - cpu0
         except BaseException as exc:  # disk full, I/O error: stop writing, say why
             self.error = exc
@@ -321,6 +330,7 @@ class EpisodeWriter:
             )
             self.counts[topic] += 1
             self.messages += 1
+            self._chunk_bytes += len(data) + 31  # + the message record's header
         self.write_s += time.perf_counter() - t0
         with self._cond:
             self._backlog_bytes -= nbytes
