@@ -1,6 +1,6 @@
 # Two entry points, both for a fresh Debian/Ubuntu machine (see README "Quick start"):
 #   make demo   install, then run the main job on the simulated cell (the closed loop) and the policy model's bench
-#   make test   install with the sim, test, model and vae extras, then lint and run the whole
+#   make test   install with the sim, test, model, vae and lerobot extras, then lint and run the whole
 #               test suite
 # Both install what they need: Debian packages (via apt-get, with sudo when not
 # root) and a virtual environment in $(VENV).
@@ -32,7 +32,7 @@ demo: venv
 	$(VENV)/bin/demuse run --sim --policy expert --seconds 60
 
 test: venv
-	$(PIP) -e '.[sim,test,model,vae]'
+	$(PIP) -e '.[sim,test,model,vae,lerobot]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

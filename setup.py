@@ -5,6 +5,7 @@ Extras (see README "Install"):
   test      pytest, hypothesis, ruff
   model     the policy model: torch, safetensors, tqdm, ONNX export and onnxruntime (CPU)
   vae       diffusers, to load a Stable-Diffusion-format AutoencoderKL from a local folder
+  lerobot   pyarrow and PyAV, to export recorded episodes as a LeRobot v3 dataset
   gpu       CUDA inference through onnxruntime-gpu (install a CUDA torch build yourself)
   tensorrt  native TensorRT 10 engines (needs NVIDIA's index and a GPU)
 
@@ -53,6 +54,10 @@ extras_require = {
     ],
     "vae": [
         "diffusers>=0.30",
+    ],
+    "lerobot": [
+        "pyarrow>=14",
+        "av>=12",
     ],
     "gpu": [
         "onnxruntime-gpu>=1.20",

@@ -28,6 +28,7 @@ from demuse_ros.cli_common import (
     _print_result,
     _stop_on_sigterm,
 )
+from demuse_ros.cli_dataset import _add_dataset
 from demuse_ros.cli_record import _add_bench_record, _add_record, _bench_record
 from demuse_ros.cli_teleop import _add_teleop
 from demuse_ros.timing.loop import PeriodicLoop
@@ -234,6 +235,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         "drive the arm by keyboard, SpaceMouse or by hand (freedrive), through the safety "
         "filter (--sim: the simulated cell)",
         _add_teleop,
+    ),
+    "dataset": (
+        "replay recorded episodes as training data (info), export them to LeRobot v3",
+        _add_dataset,
     ),
     "bench": ("measure a component and print numbers (and ratios against goals)", _add_bench),
     "train": ("train the DeMUSE policy (config/train.yaml) into a checkpoint folder", _add_train),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
+from typing import Any
 
 from .config import PRESETS
 
@@ -36,10 +38,54 @@ def add_train(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. --set steps=500 --set model.n_layers=2 (repeatable)",
     )
+    p.add_argument(
+        "--recordings",
+        nargs="+",
+        metavar="PATH",
+        help="train on recorded episodes (MCAP files or folders of them), replayed through "
+        "the synchronizer, instead of the config's synthetic data",
+    )
+    p.add_argument(
+        "--successful-only",
+        action="store_true",
+        help="with --recordings: only episodes marked successful",
+    )
+    p.add_argument(
+        "--task-id", type=int, default=0, help="with --recordings: their task id (default 0)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.set_defaults(handler=train)
+
+
+def _recorded_episodes(args: argparse.Namespace, cfg: Any) -> list | None:
+    """``--recordings`` replayed at the model's input sizes (None without the flag)."""
+    if not args.recordings:
+        return None
+    from demuse_ros.dataset.replay import ReplayConfig, load_episodes
+    from demuse_ros.record.reader import EpisodeError
+
+    mcfg = cfg.policy_config().model
+    replay = ReplayConfig(
+        image_size_px=mcfg.image_size_px, depth_grid=mcfg.latent_size, task=args.task_id
+    )
+    try:
+        episodes, stats = load_episodes(
+            args.recordings, replay, successful_only=args.successful_only
+        )
+    except (EpisodeError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"demuse train: {err}") from None
+    if not episodes:
+        raise SystemExit("demuse train: no episode left to train on (--successful-only?)")
+    ticks = sum(s.valid for s in stats)
+    invalid = sum(sum(s.invalid.values()) for s in stats)
+    print(
+        f"demuse train: {len(episodes)} recorded episodes, {ticks} ticks "
+        f"({invalid} invalid ticks skipped)",
+        file=sys.stderr,
+    )
+    return episodes
 
 
 def _train_config(args: argparse.Namespace):
@@ -76,7 +122,13 @@ def train(args: argparse.Namespace) -> int:
     from .train import train as run_training
 
     try:
-        metrics = run_training(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        metrics = run_training(
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            episodes=_recorded_episodes(args, cfg),
+        )
     except (CheckpointError, ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"demuse: {err}") from None
     print(_dumps({"out": str(Path(args.out).resolve()), **metrics}))
