@@ -170,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         report=None if args.dashboard else report,
         dashboard=args.dashboard,
         report_dir=report_dir,
+        record_dir=args.record,
+        record_meta={"operator": args.operator, "notes": args.notes} if args.record else None,
     )
     _print_result(result, args.json)
     return 0
@@ -208,6 +210,13 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         "--report-dir",
         help="where run.json and the plots go (default: runs/run-<date>-<time>)",
     )
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record the run as an MCAP episode into DIR (see demuse record)",
+    )
+    p.add_argument("--operator", default="", help="with --record: who ran it")
+    p.add_argument("--notes", default="", help="with --record: free-text notes")
     p.set_defaults(handler=_run)
 
 

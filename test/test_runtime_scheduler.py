@@ -234,7 +234,7 @@ pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
 
 
 @pytest.mark.slow
-def test_expert_closed_loop_through_the_whole_stack() -> None:
+def test_expert_closed_loop_through_the_whole_stack(tmp_path) -> None:
     from demuse_ros.runtime.runner import run_sim
     from demuse_ros.twin.runner import SimConfig
     from demuse_ros.twin.ur_servers import URServersConfig
@@ -246,8 +246,17 @@ def test_expert_closed_loop_through_the_whole_stack() -> None:
         ur_servers=URServersConfig(host=host),
         modbus=replace(base.modbus, host=host, port=5084),
     )
-    result = run_sim(sim, policy="expert", cycles=150)  # no report folder: nothing on disk
+    # recorded (demuse run --record), no report folder
+    result = run_sim(sim, policy="expert", cycles=150, record_dir=str(tmp_path))
     print(result)
+    from demuse_ros.record.reader import open_episode
+
+    rec = result["recording"]
+    assert rec["lost"] == {"camera": 0, "ft": 0, "arm": 0} and rec["dropped"] == 0
+    with open_episode(rec["path"]) as episode:
+        assert episode.metadata["success"] is result["task"]["success"]
+        assert episode.counts["action_chunk"] == result["chunks_sent"]
+        assert episode.counts["camera/color/image_raw"] == rec["records"]["camera"] > 0
     arm = result["arm"]
     # Every chunk went through the arm's safety filter (accepted or refused, none bypassed).
     assert arm["chunks_accepted"] + arm["chunks_rejected"] == result["chunks_sent"]

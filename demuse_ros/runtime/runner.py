@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from demuse_ros.drivers.cell import Cell, CellConfig, sim_cell_config
 from demuse_ros.runtime.dashboard import Dashboard, status_of
 from demuse_ros.runtime.report import write_report
 from demuse_ros.runtime.scheduler import Runtime, RuntimeConfig
+from demuse_ros.timing.realtime import set_normal_priority, set_realtime_priority
 
 log = logging.getLogger("demuse.run")
 
@@ -37,11 +39,15 @@ def run_sim(
     dashboard: bool = False,
     report_dir: str | None = None,
     measure_sai_deviation: bool = False,
+    record_dir: str | None = None,
+    record_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the closed loop against a twin started here; returns the statistics.
 
     ``report`` gets a status snapshot every ``report_every`` cycles; ``dashboard``
-    shows it live in the terminal; ``report_dir`` receives ``run.json`` and plots.
+    shows it live in the terminal; ``report_dir`` receives ``run.json`` and plots;
+    ``record_dir`` records the run as one MCAP episode (``record_meta``: its
+    :class:`~demuse_ros.record.meta.EpisodeMeta` fields), success from the twin.
     """
     from demuse_ros.runtime.inference import ModelPolicy
     from demuse_ros.runtime.policies import ExpertPolicy
@@ -62,10 +68,22 @@ def run_sim(
             pol = ModelPolicy(policy, runtime_config.inference, stride=runtime_config.chunk.stride)
             stack.callback(pol.close)
             pol.record = measure_sai_deviation
-        runtime = Runtime(cell, pol, runtime_config)
+        recorder = None
+        if record_dir:
+            recorder = stack.enter_context(
+                _recorder(cell, sim_config, policy, runtime_config, record_dir, record_meta)
+            )
+        if recorder is not None:
+            from demuse_ros.record.session import RecordingCell
+
+            runtime = Runtime(RecordingCell(cell, recorder), pol, runtime_config)
+        else:
+            runtime = Runtime(cell, pol, runtime_config)
         task: dict[str, Any] = {}
         interrupted = False
         board = stack.enter_context(Dashboard()) if dashboard else None
+        # Last, so no thread created above inherits it: the control thread real-time.
+        stack.enter_context(_realtime_control_thread(runtime_config.realtime_priority))
         try:
             while (cycles is None or runtime.cycles < cycles) and time.monotonic() < end:
                 runtime.cycle()
@@ -83,6 +101,7 @@ def run_sim(
             log.info("Ctrl-C: stopping the arm, then the drivers and the twin")
         with contextlib.suppress(RuntimeError):
             cell.arm.stop_motion()
+        set_normal_priority()
         task = twin.call("task_status")
         result = {
             "policy": pol.name,
@@ -97,6 +116,9 @@ def run_sim(
                 if k.startswith(("chunks_", "rejected_", "servo_", "protective", "fault"))
             },
         }
+        if recorder is not None:
+            path = recorder.stop_episode(success=task.get("success"), interrupted=interrupted)
+            result["recording"] = {"path": str(path), **recorder.stats()}
         if measure_sai_deviation and hasattr(pol, "action_deviation_m"):
             result["sai_action_dev"] = pol.action_deviation_m()
         if report_dir:
@@ -109,6 +131,47 @@ def run_sim(
             )
             result["report_files"] = [str(p) for p in paths]
     return result
+
+
+@contextlib.contextmanager
+def _realtime_control_thread(priority: int) -> Iterator[None]:
+    """SCHED_FIFO for the calling (control) thread, and a 1 ms GIL switch interval so
+    a woken control thread gets the GIL from the inference worker within 1 ms
+    (Python's default is 5 ms); both undone on exit."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    problem = set_realtime_priority(priority)
+    if problem:
+        log.warning("control thread: %s", problem)
+    try:
+        yield
+    finally:
+        set_normal_priority()
+        sys.setswitchinterval(interval)
+
+
+def _recorder(cell, sim_config, policy, runtime_config, out_dir, meta):
+    """A started recorder on the cell with one episode open (``demuse run --record``)."""
+    from demuse_ros.config import to_dict
+    from demuse_ros.record.meta import EpisodeMeta, checkpoint_hash
+    from demuse_ros.record.recorder import Recorder, RecorderConfig
+    from demuse_ros.record.session import sim_intrinsics
+
+    recorder = Recorder.from_cell(
+        cell,
+        RecorderConfig(out_dir=out_dir),
+        intrinsics=sim_intrinsics(sim_config),
+        base_metadata={"source": "twin", "policy": policy},
+    )
+    recorder.start()
+    fields = {
+        "task": "dispense",
+        "checkpoint_hash": "" if policy == "expert" else checkpoint_hash(policy),
+        "config": {"policy": policy, "runtime": to_dict(runtime_config)},
+        **(meta or {}),
+    }
+    recorder.start_episode(EpisodeMeta(**fields))
+    return recorder
 
 
 def _with_stride(config: RuntimeConfig, stride: int) -> RuntimeConfig:

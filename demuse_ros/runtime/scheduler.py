@@ -81,6 +81,13 @@ class RuntimeConfig:
     gripper_force_n: float = param(
         20.0, doc="Finger force for the gripper widths of a chunk.", unit="N", range=(0.0, 40.0)
     )
+    realtime_priority: int = param(
+        40,
+        doc="SCHED_FIFO priority of the control thread (0 = off). It is light (a few ms "
+        "a cycle) and must keep its deadlines; the inference worker stays at normal "
+        "priority, the arm driver (50) and the twin (60) preempt it.",
+        range=(0, 99),
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
