@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,33 +39,47 @@ def _teleop_config(args: argparse.Namespace) -> Any:
     return load_config(str(path), TeleopConfig, "policy_node", section="teleop", overrides=mine)
 
 
-def _keyboard(cell: Any, twin: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from demuse_ros.teleop import TeleopController, TerminalKeyboard
+def _controller(cell: Any, config: Any, recorder: Any) -> Any:
+    """The teleop controller; with a recorder, every chunk it sends is logged too."""
+    from demuse_ros.teleop import TeleopController
+
+    controller = TeleopController(cell, config)
+    if recorder is not None:
+        controller.add_chunk_listener(recorder.log_chunk)
+    return controller
+
+
+def _keyboard(cell: Any, twin: Any, config: Any, args: argparse.Namespace, recorder: Any):
+    from demuse_ros.teleop import TerminalKeyboard
     from demuse_ros.teleop.session import StatusLine, run_teleop
 
     device = TerminalKeyboard(config)
-    print(f"keyboard teleop: {device.help}", flush=True)
+    print(f"keyboard teleop: {device.help}", flush=True, file=sys.stderr)
     with device:
         return run_teleop(
-            TeleopController(cell, config), device, seconds=args.seconds, status_line=StatusLine()
+            _controller(cell, config, recorder),
+            device,
+            seconds=args.seconds,
+            status_line=StatusLine(),
         )
 
 
-def _spacemouse(cell: Any, twin: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from demuse_ros.teleop import SpaceMouse, TeleopController
+def _spacemouse(cell: Any, twin: Any, config: Any, args: argparse.Namespace, recorder: Any):
+    from demuse_ros.teleop import SpaceMouse
     from demuse_ros.teleop.session import StatusLine, run_teleop
 
     device = SpaceMouse(config)
-    print(f"SpaceMouse teleop: {device.help}", flush=True)
+    print(f"SpaceMouse teleop: {device.help}", flush=True, file=sys.stderr)
     with device:
         return run_teleop(
-            TeleopController(cell, config), device, seconds=args.seconds, status_line=StatusLine()
+            _controller(cell, config, recorder),
+            device,
+            seconds=args.seconds,
+            status_line=StatusLine(),
         )
 
 
-def _freedrive(cell: Any, twin: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
-    import sys
-
+def _freedrive(cell: Any, twin: Any, config: Any, args: argparse.Namespace, recorder: Any):
     from demuse_ros.teleop import KeyboardConfig, TerminalKeyboard
     from demuse_ros.teleop.session import StatusLine, run_freedrive
 
@@ -73,17 +88,23 @@ def _freedrive(cell: Any, twin: Any, config: Any, args: argparse.Namespace) -> d
         if sys.stdin.isatty():
             keys = stack.enter_context(TerminalKeyboard(config, KeyboardConfig(disarm_after_s=0.0)))
             hand = "  (twin: w/s a/d r/f i/k j/l u/o move the emulated hand)" if twin else ""
-            print(f"freedrive: e teach mode on, space off, g/h gripper, q quit{hand}", flush=True)
+            print(
+                f"freedrive: e teach mode on, space off, g/h gripper, q quit{hand}",
+                flush=True,
+                file=sys.stderr,
+            )
         else:
-            print("freedrive: teach mode on for the whole session (no terminal)", flush=True)
+            print(
+                "freedrive: teach mode on for the whole session (no terminal)",
+                flush=True,
+                file=sys.stderr,
+            )
         return run_freedrive(
             cell, keys, twin=twin, config=config, seconds=args.seconds, status_line=StatusLine()
         )
 
 
 def _needs_terminal() -> str | None:
-    import sys
-
     if sys.stdin.isatty():
         return None
     return "the keyboard device needs a terminal on stdin (or use --device freedrive)"
@@ -104,8 +125,9 @@ PRECHECKS: dict[str, Callable[[], str | None]] = {
     "freedrive": lambda: None,
 }
 
-#: --device name -> session(cell, twin or None, teleop config, args) -> summary
-SESSIONS: dict[str, Callable[[Any, Any, Any, argparse.Namespace], dict[str, Any]]] = {
+#: --device name -> session(cell, twin or None, teleop config, args, recorder or None)
+#: -> summary
+SESSIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "keyboard": _keyboard,
     "spacemouse": _spacemouse,
     "freedrive": _freedrive,
@@ -131,9 +153,38 @@ def _teleop(args: argparse.Namespace) -> int:
             twin = stack.enter_context(TwinProcess(_load_sim_config(_sim_args(args))))
             cell_config = sim_cell_config(cell_config, twin.endpoints)
         cell = stack.enter_context(Cell(cell_config))
-        result = SESSIONS[args.device](cell, twin, config, args)
+        recorder = None
+        if args.record:
+            recorder = stack.enter_context(_recorder(cell, args))
+        result = SESSIONS[args.device](cell, twin, config, args, recorder)
+        if recorder is not None:
+            path = recorder.stop_episode(success=result.get("success"))
+            result["recording"] = {"path": str(path), **recorder.stats()}
     _print_result(result, args.json)
     return 0
+
+
+def _recorder(cell: Any, args: argparse.Namespace) -> Any:
+    """A started recorder with the session's episode open (``--record DIR``)."""
+    from demuse_ros.record.meta import EpisodeMeta
+    from demuse_ros.record.recorder import Recorder, RecorderConfig
+
+    intrinsics = None
+    if args.sim:
+        from demuse_ros.record.session import sim_intrinsics
+
+        intrinsics = sim_intrinsics(_load_sim_config(_sim_args(args)))
+    recorder = Recorder.from_cell(
+        cell,
+        RecorderConfig(out_dir=args.record),
+        intrinsics=intrinsics,
+        base_metadata={"source": "twin" if args.sim else "cell", "teleop": args.device},
+    )
+    recorder.start()
+    recorder.start_episode(
+        EpisodeMeta(task=args.task_name, operator=args.operator, notes=args.notes)
+    )
+    return recorder
 
 
 def _add_teleop(p: argparse.ArgumentParser) -> None:
@@ -149,4 +200,12 @@ def _add_teleop(p: argparse.ArgumentParser) -> None:
         "--seconds", type=_positive_float, help="stop after this long (default: until q/Ctrl-C)"
     )
     p.add_argument("--json", action="store_true", help="print the session summary as JSON")
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record the session as one MCAP episode into DIR (commanded chunks included)",
+    )
+    p.add_argument("--task-name", default="", help="with --record: the task demonstrated")
+    p.add_argument("--operator", default="", help="with --record: who demonstrated it")
+    p.add_argument("--notes", default="", help="with --record: free-text notes")
     p.set_defaults(handler=_teleop)

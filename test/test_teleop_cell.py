@@ -300,3 +300,27 @@ def test_run_teleop_loop_until_the_device_quits(cell) -> None:
     assert device.opened and device.closed and not summary["interrupted"]
     assert summary["hold_reason"] == "stopped" and summary["chunks_sent"] >= 7
     assert moved == pytest.approx(0.025, rel=0.3)  # 0.05 m/s (scale 0.5) for 0.5 s
+
+
+def test_teleop_demonstration_is_recorded_and_replays_as_training_data(cell, tmp_path) -> None:
+    pytest.importorskip("mcap_ros2", reason="needs mcap-ros2-support (core dependency)")
+    from demuse_ros.dataset.replay import replay_episode
+    from demuse_ros.record.meta import EpisodeMeta
+    from demuse_ros.record.recorder import Recorder, RecorderConfig
+
+    _, c = cell
+    ctrl = TeleopController(c, TeleopConfig())
+    with Recorder.from_cell(c, RecorderConfig(out_dir=str(tmp_path))) as rec:
+        ctrl.add_chunk_listener(rec.log_chunk)  # what `demuse teleop --record` wires
+        rec.start_episode(EpisodeMeta(task="teleop test", operator="pytest"))
+        _drive(ctrl, [0, -ctrl.config.full_scale[1], 0, 0, 0, 0], 1.0, scale=0.5)
+        _release(ctrl)
+        sent = ctrl.chunks_sent
+        path = rec.stop_episode(success=True)
+        stats = rec.stats()
+    assert stats["lost"] == {"camera": 0, "ft": 0, "arm": 0} and stats["dropped"] == 0
+    episode, replay = replay_episode(path)
+    assert replay.chunks == sent and replay.action_source == "action_chunk"
+    assert replay.valid >= 8  # about 1.2 s at 10 Hz
+    # the commanded targets lead the measured motion along -y
+    assert episode.actions[-1, 1] < episode.state[0, 1] - 0.02
