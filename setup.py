@@ -16,11 +16,29 @@ keeps that build. The Makefile installs the extras with plain pip,
 which takes whatever torch 2.13.0 build pip's configuration finds first.
 """
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "demuse_ros"
+#: ROS 2 nodes; colcon installs them to lib/demuse_ros (setup.cfg) for `ros2 run`.
+NODES = ("camera_node", "ft_node", "arm_node", "policy_node", "recorder_node", "sim_node")
+
+
+def share_tree(folder: str) -> list[tuple[str, list[str]]]:
+    """``(share/demuse_ros/<dir>, files)`` for every folder under ``folder`` (checkpoint
+    folders keep their layout)."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        keep = sorted(
+            os.path.join(root, f) for f in files if not f.startswith(".") and not f.endswith(".pyc")
+        )
+        if keep:
+            out.append((f"share/{PACKAGE}/{root}", keep))
+    return out
+
 
 install_requires = [
     "numpy>=1.24",
@@ -79,6 +97,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        *share_tree("models"),
     ],
     install_requires=install_requires,
     extras_require=extras_require,
@@ -86,6 +105,7 @@ setup(
     entry_points={
         "console_scripts": [
             "demuse = demuse_ros.cli:main",
+            *(f"{node} = {PACKAGE}.ros.{node}:main" for node in NODES),
         ],
     },
 )

@@ -115,6 +115,8 @@ def test_twin_frames_through_the_driver_process() -> None:
     numbers = [g["n"] for g in got]
     print(f"\nstats: {stats}")
     assert state["lost"] == 0
+    assert stats["intrinsics_fx"] == pytest.approx(feed.fx)
+    assert (stats["intrinsics_width"], stats["intrinsics_height"]) == (width, height)
     assert all(b > a for a, b in itertools.pairwise(numbers)), "not increasing"
     expected = [n for n in range(1, n_frames + 1) if not (100 <= n <= 102 or 150 <= n <= 153)]
     assert numbers == expected
@@ -259,6 +261,10 @@ def test_playback_source_runs_the_pipeline_path(tmp_path) -> None:
         )
         assert rec["device_time_s"] == pytest.approx(s["hw_timestamp_ms"] * 1e-3, abs=1e-6)
     assert stats["frames"] == 12 and stats["dropped"] == 0 and stats["duplicates"] == 0
+    # The colour intrinsics as the device reports them (the ROS camera node's camera_info).
+    assert (stats["intrinsics_width"], stats["intrinsics_height"]) == (64, 48)
+    assert stats["intrinsics_fx"] == pytest.approx(feed.fx)
+    assert stats["intrinsics_ppy"] == pytest.approx(feed.ppy)
 
 
 def test_missing_twin_ring_fails_after_the_reconnect_timeout() -> None:

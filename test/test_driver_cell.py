@@ -47,12 +47,15 @@ def test_load_cell_config_reads_groups_and_overrides(tmp_path) -> None:
         "policy_node:\n  ros__parameters:\n    arm: {gain: 400.0}\n"
         "    camera: {source: realsense}\n"
     )
-    cfg = load_cell_config(str(path), overrides={"ft.rate_hz": 50, "start_timeout_s": 5})
+    # One section for all three groups (node=...); the shipped file has one per driver node.
+    cfg = load_cell_config(
+        str(path), "policy_node", overrides={"ft.rate_hz": 50, "start_timeout_s": 5}
+    )
     assert cfg.arm.gain == 400.0 and cfg.ft.rate_hz == 50 and cfg.start_timeout_s == 5
     with pytest.raises(ValueError, match="unknown cell parameter"):
-        load_cell_config(str(path), overrides={"arms.gain": 1})
+        load_cell_config(str(path), "policy_node", overrides={"arms.gain": 1})
     with pytest.raises(ValueError, match="gain"):
-        load_cell_config(str(path), overrides={"arm.gain": 5})
+        load_cell_config(str(path), "policy_node", overrides={"arm.gain": 5})
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,9 @@ capture-to-host latency), ``connected`` (1/0), ``reconnects``, ``out_of_order``
 (records the ring refused: capture time went backwards, e.g. after a clock jump),
 ``process_ms_p50`` (frame pair in hand -> record in ring) and, for the twin only,
 ``twin_latency_ms_p50`` (the writer's capture stamp -> record in ring: the honest
-end-to-end latency through the shared ring, software device and driver).
+end-to-end latency through the shared ring, software device and driver), and the
+colour stream's intrinsics as the device reports them (``intrinsics_*``: the ROS
+camera node announces them on ``camera_info``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ from demuse_ros.sync.streams import camera_schema
 from demuse_ros.timing.clock import now_ns
 from demuse_ros.timing.clock_mapper import ClockMapper, ClockMapperConfig
 from demuse_ros.transport.schema import RecordSchema, capacity_for
+
+#: The colour stream's intrinsics as the device reports them (px; Brown-Conrady k1, k2,
+#: p1, p2, k3), published as gauges so the parent (the ROS camera node) can announce them.
+INTRINSICS_STATS = (
+    "intrinsics_width",
+    "intrinsics_height",
+    "intrinsics_fx",
+    "intrinsics_fy",
+    "intrinsics_ppx",
+    "intrinsics_ppy",
+    *(f"intrinsics_d{i}" for i in range(5)),
+)
 
 #: librealsense post-processing filters the hardware path can apply (in this order).
 RS_FILTERS = ("spatial", "temporal", "hole_filling")
@@ -206,6 +220,7 @@ class CameraDriver(Driver):
         "out_of_order",
         "process_ms_p50",
         "twin_latency_ms_p50",
+        *INTRINSICS_STATS,
     )
 
     @classmethod
@@ -229,6 +244,7 @@ class CameraDriver(Driver):
         self._wall_offset_ns: int | None = None
         self._ready: Any = None
         self.twin_capture_ns: dict[int, int] = {}  # twin: frame number -> writer's stamp
+        self._intrinsics_known = False
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: Any, ready: Any) -> None:
@@ -243,6 +259,7 @@ class CameraDriver(Driver):
                 if not first:
                     self.count("reconnects")
                 first = False
+                self._intrinsics_known = False  # a new device (or stream) may differ
                 serve(stop)  # returns only on stop or end of playback
                 if self.config.source == "playback":
                     stop.wait()  # the recording ended: idle until stopped
@@ -366,6 +383,8 @@ class CameraDriver(Driver):
         ts_ms = float(dfr.get_timestamp())
         domain = dfr.get_frame_timestamp_domain()
         t_capture_ns, device_s = self._capture_time(rs, dfr, domain, ts_ms, t_receive_ns)
+        if not self._intrinsics_known:
+            self._publish_intrinsics(cfr)
         rgb = np.asanyarray(cfr.get_data())
         if cfr.get_profile().format() == rs.format.bgr8:
             rgb = rgb[..., ::-1]
@@ -396,6 +415,17 @@ class CameraDriver(Driver):
         if self._ready is not None:
             self._ready.set()
         return True
+
+    def _publish_intrinsics(self, cfr: Any) -> None:
+        """The colour profile's intrinsics into the stats (once per connection)."""
+        try:
+            intr = cfr.get_profile().as_video_stream_profile().get_intrinsics()
+            values = (intr.width, intr.height, intr.fx, intr.fy, intr.ppx, intr.ppy, *intr.coeffs)
+        except (RuntimeError, AttributeError):  # a profile without intrinsics: none announced
+            values = (0.0,) * len(INTRINSICS_STATS)
+        for name, value in zip(INTRINSICS_STATS, values, strict=False):
+            self.set(name, float(value))
+        self._intrinsics_known = True
 
     def _capture_time(
         self, rs: Any, dfr: Any, domain: Any, ts_ms: float, t_receive_ns: int

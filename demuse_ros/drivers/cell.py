@@ -7,8 +7,9 @@ with its own ring. Start-up connects all three at once; shutdown stops the arm
 first (``servoStop`` → ``stopScript`` → ``disconnect`` in its process), then the
 gripper and the camera. Commands reach the arm only through its safety filter.
 
-Configuration is the policy node's ``arm``, ``ft`` and ``camera`` sections
-(:class:`CellConfig`); :func:`sim_cell_config` points them at a running twin
+Configuration is the ``arm``, ``ft`` and ``camera`` groups of the
+``arm_node``, ``ft_node`` and ``camera_node`` sections (:class:`CellConfig`,
+:func:`load_cell_config`); :func:`sim_cell_config` points them at a running twin
 (its endpoints) so the same code paths (``ur_rtde``, ``pymodbus``,
 ``pyrealsense2``) run against the simulated cell.
 """
@@ -38,7 +39,7 @@ log = logging.getLogger("demuse.cell")
 
 @dataclass(frozen=True)
 class CellConfig:
-    """The cell's drivers (``arm``, ``ft``, ``camera`` in the policy node's parameters)."""
+    """The cell's drivers (``arm``, ``ft``, ``camera`` of the driver nodes' parameters)."""
 
     arm: ArmDriverConfig = field(default_factory=ArmDriverConfig)
     ft: FTDriverConfig = field(default_factory=FTDriverConfig)
@@ -74,12 +75,21 @@ def sim_cell_config(config: CellConfig, endpoints: dict[str, Any]) -> CellConfig
     )
 
 
-def load_cell_config(
-    path: str, node: str = "policy_node", overrides: dict[str, Any] | None = None
-) -> CellConfig:
-    """The ``arm``, ``ft`` and ``camera`` groups (and ``start_timeout_s``) of ``node``.
+#: Parameter-file section of each driver group (the ROS node that owns the device).
+CELL_NODES = {"arm": "arm_node", "ft": "ft_node", "camera": "camera_node"}
 
-    ``overrides`` use the same dotted names (``arm.gain``, ``camera.fps``).
+
+def load_cell_config(
+    path: str, node: str | None = None, overrides: dict[str, Any] | None = None
+) -> CellConfig:
+    """The ``arm``, ``ft`` and ``camera`` groups of a parameter file (``config/demuse.yaml``).
+
+    Each group is read from the section of the ROS node that owns that device
+    (:data:`CELL_NODES`: ``arm_node: ros__parameters: arm: ...``), so one file
+    configures the ROS nodes and the embedded cell. ``node`` reads all three from
+    that one section instead (a file written for a single node). ``overrides``
+    use the same dotted names (``arm.gain``, ``camera.fps``) and
+    ``start_timeout_s``.
     """
     from demuse_ros.config import load_config
 
@@ -92,7 +102,8 @@ def load_cell_config(
     ):
         prefix = name + "."
         mine = {k[len(prefix) :]: overrides.pop(k) for k in list(overrides) if k.startswith(prefix)}
-        groups[name] = load_config(path, cls, node, section=name, overrides=mine)
+        section = node or CELL_NODES[name]
+        groups[name] = load_config(path, cls, section, section=name, overrides=mine)
     if overrides:
         unknown = ", ".join(sorted(overrides))
         if set(overrides) != {"start_timeout_s"}:
@@ -199,4 +210,4 @@ class Cell:
         return out
 
 
-__all__ = ["Cell", "CellConfig", "load_cell_config", "sim_cell_config"]
+__all__ = ["CELL_NODES", "Cell", "CellConfig", "load_cell_config", "sim_cell_config"]

@@ -86,6 +86,12 @@ class CameraFeedConfig:
         8_000.0, doc="Exposure reported in metadata.", unit="us", range=(1, 1e6)
     )
     ring_capacity: int = param(8, doc="Frames the shared-memory ring holds.", range=(2, 1024))
+    ring_name: str = param(
+        "",
+        doc="Shared-memory name of the frame ring the camera driver reads (its "
+        "camera.frame_ring); empty: a fresh name per run. The ROS sim launch sets one, so "
+        "camera_node, a separate process, knows it.",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

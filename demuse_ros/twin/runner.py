@@ -162,7 +162,9 @@ class RealtimeTwin:
         self.servers = URServers(self.twin.controller, self.config.ur_servers)
         self.modbus = RG2FTModbusServer(self.twin.gripper, self.config.modbus)
         self.camera_ring_name = (
-            camera_ring_name or f"demuse_cam_{os.getpid()}_{secrets.token_hex(3)}"
+            camera_ring_name
+            or self.config.camera.ring_name
+            or f"demuse_cam_{os.getpid()}_{secrets.token_hex(3)}"
         )
         self._lock = threading.Lock()
         self._stop = threading.Event()
