@@ -35,8 +35,9 @@ class DriverNode(NodeHelpers, LifecycleNode):  # type: ignore[misc,valid-type]
     CONFIG: type = object
     #: How often the ring is checked for new records (Hz).
     POLL_HZ = 100.0
-    #: Publish only the newest record at each check (the arm: a fixed state rate).
-    LATEST_ONLY = False
+    #: Records closer than this (by capture time) to the last published one are not
+    #: published (the arm: at most ``publish_rate_hz``); 0 publishes every record.
+    min_interval_ns = 0
 
     def __init__(self) -> None:
         super().__init__(self.ROLE)
@@ -47,6 +48,7 @@ class DriverNode(NodeHelpers, LifecycleNode):  # type: ignore[misc,valid-type]
         self.active = False
         self._timer: Any = None
         self._next = 0
+        self._last_t_ns = -(1 << 62)
         self._published = 0
         self.skipped = 0  # records overwritten before this node published them
         self._mark = (time.monotonic_ns(), 0)
@@ -142,16 +144,19 @@ class DriverNode(NodeHelpers, LifecycleNode):  # type: ignore[misc,valid-type]
             return
         count = ring.count
         start = max(self._next, ring.oldest_readable())
-        if self.LATEST_ONLY:
-            start = max(start, count - 1)
-        elif start > self._next:
+        if start > self._next:
             self.skipped += start - self._next
         for index in range(start, count):
             try:
+                if self.min_interval_ns:  # decimate by capture time (stamps only: cheap)
+                    t = ring.read(index, fields=())["t_capture_ns"]
+                    if t - self._last_t_ns < self.min_interval_ns:
+                        continue
                 record = ring.read(index)
             except OverwrittenError:
                 self.skipped += 1
                 continue
+            self._last_t_ns = record["t_capture_ns"]
             self.publish_record(record)
             self._published += 1
         self._next = max(self._next, count)

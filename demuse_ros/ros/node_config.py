@@ -120,8 +120,8 @@ class ArmNodeConfig:
     arm: ArmDriverConfig = field(default_factory=ArmDriverConfig)
     publish_rate_hz: float = param(
         125.0,
-        doc="Rate of joint_states, tcp_pose, tcp_speed and TF (the newest controller state "
-        "each time; at most the controller's 125/500 Hz).",
+        doc="Largest rate of joint_states, tcp_pose, tcp_speed and TF: every controller "
+        "state up to this rate (125 Hz: each CB3 state, every 4th e-Series state).",
         unit="Hz",
         range=(1.0, 500.0),
     )

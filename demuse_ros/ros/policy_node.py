@@ -215,6 +215,8 @@ class PolicyNode(NodeHelpers, Node):  # type: ignore[misc,valid-type]
             self.finished = not self._stop.is_set()
 
     def _episode_done(self, policy: Any) -> bool:
+        if self.runtime is None or not self.runtime.chunks_sent:
+            return False  # not started: the expert reads "done" until its first reset
         task = (
             self.twin.call("task_status")
             if self.twin is not None and self.twin.has("task_status")

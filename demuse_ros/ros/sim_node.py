@@ -112,6 +112,7 @@ class SimNode(NodeHelpers, LifecycleNode):  # type: ignore[misc,valid-type]
             self._publish_status()
 
     def _publish_status(self) -> None:
+        self._publish_top()  # latched, and repeated for subscribers with volatile QoS
         stats: dict[str, Any] = self.twin.call("stats")
         self.publish_diagnostics([diagnostics.sim_status(self.get_name(), stats)])
 
