@@ -95,6 +95,8 @@ def run(
         "speculations_late": sai["speculations_late"],
         "holds_sai": sai["holds"],
         "holds_sync": sync["holds"],
+        "blocking_parts_sync": sync.get("blocking_parts", {}),
+        "blocking_parts_sai": sai.get("blocking_parts", {}),
         "cycle_ms_p99_sai": sai["cycle_ms_p99"],
         "chunks_sent_sai": sai["chunks_sent"],
         "arm_chunks_rejected_sai": sai["arm"]["chunks_rejected"],

@@ -119,6 +119,8 @@ def run_sim(
         if recorder is not None:
             path = recorder.stop_episode(success=task.get("success"), interrupted=interrupted)
             result["recording"] = {"path": str(path), **recorder.stats()}
+        if hasattr(pol, "blocking_parts_ms"):
+            result["blocking_parts"] = pol.blocking_parts_ms()
         if measure_sai_deviation and hasattr(pol, "action_deviation_m"):
             result["sai_action_dev"] = pol.action_deviation_m()
         if report_dir:
