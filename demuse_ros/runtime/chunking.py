@@ -43,7 +43,7 @@ ACTION_DIM = 7
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """How chunks become waypoints (``runtime.chunk`` in the policy node's parameters)."""
+    """How chunks become waypoints (``policy_node`` parameters ``chunk.*``)."""
 
     rate_hz: float = param(10.0, doc="Control rate of the actions.", unit="Hz", range=(1.0, 100.0))
     stride: int = param(

@@ -27,10 +27,12 @@ their actions can be compared (``sai_action_dev``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +41,14 @@ import numpy as np
 from demuse_ros.config.schema import param, validate_fields
 from demuse_ros.runtime.policies import observation_state
 from demuse_ros.sync.observation import Observation
+from demuse_ros.timing.realtime import set_normal_priority, set_realtime_priority
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How the model runs (``runtime.inference`` in the policy node's parameters)."""
+    """How the model runs (``policy_node`` parameters ``inference.*``)."""
 
     mode: str = param("sai", doc="sync or sai (speculative asynchronous)", choices=("sync", "sai"))
     backend: str = param(
@@ -67,6 +72,14 @@ class InferenceConfig:
         "OpenMP thread waits at every barrier for a core (bench loop: encode p50 8.4 ms "
         "with 1 thread, 12.6 ms with 2).",
         range=(0, 256),
+    )
+
+    realtime_priority: int = param(
+        30,
+        doc="SCHED_FIFO priority of the worker while it computes a chunk the control "
+        "thread waits for (encode + the blocking denoising steps; 0 = off). Speculation "
+        "runs at normal priority: it has a whole stride of slack.",
+        range=(0, 99),
     )
 
     def __post_init__(self) -> None:
@@ -157,6 +170,7 @@ class ModelPolicy:
         # Build graphs/sessions for both halves now, not in the first real-time cycle.
         self.policy.prepare([(0, self.s_mid), (self.s_mid, n)] if self.s_mid else [])
         self.worker = InferenceWorker()
+        self._priority_warned = False
         self.chunk_index = 0
         self.blocking_ms: list[float] = []
         #: (queued, encode, denoise) ms of every chunk, the parts of its blocking latency
@@ -239,10 +253,11 @@ class ModelPolicy:
         self, obs: Observation, speculation: _Future | None, k: int, t0_ns: int
     ) -> tuple[np.ndarray, float]:
         t_start = time.perf_counter_ns()
-        cond = self._conditions(obs)
-        t_cond = time.perf_counter_ns()
-        state = self._finish(cond, speculation, k)
-        actions = self.policy.unnormalize(state)[0].astype(np.float64)
+        with self._blocking_priority():
+            cond = self._conditions(obs)
+            t_cond = time.perf_counter_ns()
+            state = self._finish(cond, speculation, k)
+            actions = self.policy.unnormalize(state)[0].astype(np.float64)
         t_end = time.perf_counter_ns()
         blocking_ms = (t_end - t0_ns) / 1e6
         # where the blocking time went: queued behind the worker, encoding, denoising
@@ -260,6 +275,20 @@ class ModelPolicy:
                 self.worker.submit(lambda: self._speculate(cond, x_v, actions, k + 1)),
             )
         return actions, blocking_ms
+
+    @contextlib.contextmanager
+    def _blocking_priority(self) -> Iterator[None]:
+        """The worker thread under SCHED_FIFO while the control thread waits on it."""
+        priority = self.config.realtime_priority
+        problem = set_realtime_priority(priority) if priority else None
+        if problem and not self._priority_warned:
+            self._priority_warned = True
+            log.warning("inference worker: %s", problem)
+        try:
+            yield
+        finally:
+            if priority and not problem:
+                set_normal_priority()
 
     def _noise(self, cond: Any, k: int) -> Any:
         import torch

@@ -58,7 +58,8 @@ STAGES = ("sync", "policy", "plan", "send", "cycle")
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """The policy loop (``runtime`` in the policy node's parameters)."""
+    """The policy loop (``policy_node`` parameters; ``chunk``, ``sync`` and ``inference``
+    are groups of their own)."""
 
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
