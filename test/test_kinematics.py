@@ -75,3 +75,26 @@ def test_ik_out_of_reach_raises_a_clear_error() -> None:
 def test_pose_matrix_round_trip() -> None:
     pose = np.array([0.1, -0.2, 0.3, 0.4, -1.0, 2.0])
     np.testing.assert_allclose(matrix_to_pose(pose_to_matrix(pose)), pose, atol=1e-12)
+
+
+def test_canonical_rotvec_keeps_the_rotation_and_removes_the_sign_flip_at_pi() -> None:
+    from demuse_ros.kinematics.ur import canonical_rotvec, rotvec_to_matrix
+    from demuse_ros.runtime.policies import ROTVEC_REFERENCE_RAD, canonical_pose
+
+    rng = np.random.default_rng(3)
+    axes = rng.normal(size=(500, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    rv = axes * rng.uniform(0, np.pi, (500, 1))
+    out = canonical_rotvec(rv, ROTVEC_REFERENCE_RAD)
+    for a, b in zip(rv, out, strict=True):
+        np.testing.assert_allclose(rotvec_to_matrix(a), rotvec_to_matrix(b), atol=1e-12)
+    # the tool-down pose as the controller reports it either way: one representation
+    down = np.array([2.2214415, 2.2214415, 1e-9])
+    a = canonical_pose(np.r_[0.1, 0.2, 0.3, down])
+    b = canonical_pose(np.r_[0.1, 0.2, 0.3, -down])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a[3:], ROTVEC_REFERENCE_RAD, atol=1e-6)
+    # small rotations are left alone
+    np.testing.assert_array_equal(
+        canonical_rotvec(np.array([0.1, 0.0, 0.0]), np.zeros(3)), [0.1, 0, 0]
+    )

@@ -304,9 +304,10 @@ def test_run_teleop_loop_until_the_device_quits(cell) -> None:
 
 def test_teleop_demonstration_is_recorded_and_replays_as_training_data(cell, tmp_path) -> None:
     pytest.importorskip("mcap_ros2", reason="needs mcap-ros2-support (core dependency)")
-    from demuse_ros.dataset.replay import replay_episode
+    from demuse_ros.dataset.replay import ReplayConfig, replay_episode
     from demuse_ros.record.meta import EpisodeMeta
     from demuse_ros.record.recorder import Recorder, RecorderConfig
+    from demuse_ros.sync.synchronizer import SyncConfig
 
     _, c = cell
     ctrl = TeleopController(c, TeleopConfig())
@@ -319,7 +320,10 @@ def test_teleop_demonstration_is_recorded_and_replays_as_training_data(cell, tmp
         path = rec.stop_episode(success=True)
         stats = rec.stats()
     assert stats["lost"] == {"camera": 0, "ft": 0, "arm": 0} and stats["dropped"] == 0
-    episode, replay = replay_episode(path)
+    # thresholds relaxed: this checks recording and replay, not timing (a loaded CI
+    # machine can leave arm-record gaps over the 10 ms default around a frame)
+    loose = SyncConfig(ft_threshold_s=0.05, arm_threshold_s=0.05, max_age_s=0.3)
+    episode, replay = replay_episode(path, ReplayConfig(sync=loose))
     assert replay.chunks == sent and replay.action_source == "action_chunk"
     assert replay.valid >= 8  # about 1.2 s at 10 Hz
     # the commanded targets lead the measured motion along -y

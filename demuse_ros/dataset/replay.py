@@ -39,7 +39,7 @@ import numpy as np
 from demuse_ros.config.schema import param, validate_fields
 from demuse_ros.drivers.arm_path import interpolate_pose
 from demuse_ros.model.data import Episode
-from demuse_ros.runtime.policies import observation_state
+from demuse_ros.runtime.policies import canonical_pose, observation_state
 from demuse_ros.sync.streams import arm_schema, camera_schema, ft_schema
 from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
 from demuse_ros.transport.ring_buffer import RingBuffer
@@ -301,7 +301,7 @@ def _actions(t_ns, poses, widths, arm_records, ft_records) -> np.ndarray:
         width = widths.at(int(t))
         out[k, :6] = pose
         out[k, 6] = width[0] if width is not None else np.interp(t, ft_t, ft_w)
-    return out
+    return canonical_pose(out)  # the state's rotation representation
 
 
 def episode_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -78,6 +78,24 @@ def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
     )
 
 
+def canonical_rotvec(rv: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The rotation vector of ``rv``'s rotation nearest ``reference``.
+
+    A rotation by θ about n is also ``(θ − 2π)·n``; near θ = π (a tool pointing
+    down, the usual UR pose) the controller reports either, so a learned policy
+    would see its state jump between ``r`` and about ``−r``. Picking the
+    representation nearest a fixed reference moves that discontinuity to the
+    orientations farthest from it. Works on ``(..., 3)`` arrays.
+    """
+    rv = np.asarray(rv, dtype=np.float64)
+    theta = np.linalg.norm(rv, axis=-1, keepdims=True)
+    axis = np.divide(rv, theta, out=np.zeros_like(rv), where=theta > 1e-12)
+    other = rv - 2.0 * np.pi * axis
+    near = np.linalg.norm(rv - reference, axis=-1, keepdims=True)
+    far = np.linalg.norm(other - reference, axis=-1, keepdims=True)
+    return np.where(far < near, other, rv)
+
+
 def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
     """3×3 rotation matrix → rotation vector (Shepperd's quaternion, robust near π)."""
     (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = R.tolist()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from demuse_ros.kinematics.ur import canonical_rotvec
 from demuse_ros.runtime.chunking import ACTION_DIM
 from demuse_ros.sync.observation import Observation
 
@@ -76,9 +77,23 @@ class DoneRequest:
         return self._actions, self.blocking_ms
 
 
+#: Rotation vectors the model sees are the representation nearest this one: the
+#: tool pointing down (π about a horizontal axis, the twin's home yaw). The sign
+#: ambiguity at |r| = π then sits at a yaw 90° away from it (see canonical_rotvec).
+ROTVEC_REFERENCE_RAD = np.array([-np.pi / np.sqrt(2.0), -np.pi / np.sqrt(2.0), 0.0])
+
+
+def canonical_pose(pose: np.ndarray) -> np.ndarray:
+    """``(..., 6+)`` poses with their rotation vectors in the model's representation."""
+    out = np.array(pose, dtype=np.float64, copy=True)
+    out[..., 3:6] = canonical_rotvec(out[..., 3:6], ROTVEC_REFERENCE_RAD)
+    return out
+
+
 def observation_state(obs: Observation) -> np.ndarray:
-    """The proprio state the model sees: TCP pose (6) and gripper width (1)."""
-    return np.r_[np.asarray(obs.tcp_pose, dtype=np.float64), obs.gripper_width_m]
+    """The proprio state the model sees: TCP pose (6, canonical rotation vector) and
+    gripper width (1)."""
+    return np.r_[canonical_pose(obs.tcp_pose), obs.gripper_width_m]
 
 
 class ExpertPolicy:
@@ -123,4 +138,12 @@ class ExpertPolicy:
         return chunk
 
 
-__all__ = ["ChunkRequest", "DoneRequest", "ExpertPolicy", "Policy", "observation_state"]
+__all__ = [
+    "ROTVEC_REFERENCE_RAD",
+    "ChunkRequest",
+    "DoneRequest",
+    "ExpertPolicy",
+    "Policy",
+    "canonical_pose",
+    "observation_state",
+]
