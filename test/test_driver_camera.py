@@ -150,7 +150,10 @@ def test_twin_frames_through_the_driver_process() -> None:
     )
     assert errs_ms.min() > -0.5
     assert float(np.median(errs_ms)) < 8.0 and float(errs_ms.max()) < 12.0  # "a few ms"
-    assert float(np.std(errs_ms)) < float(np.std(lat_ms))  # smoother than the receive times
+    # Smoother than the receive times, frame to frame: on a quiet machine the receive
+    # latency barely varies, so a single step down of the mapped offset (a new latency
+    # low) can outweigh it in a plain std; the frame-to-frame jitter cannot.
+    assert float(np.std(np.diff(errs_ms))) < 0.5 * float(np.std(np.diff(lat_ms)))
     assert all(g["t_capture_ns"] <= g["t_receive_ns"] for g in checked)
     # Counters.
     assert stats["frames"] == len(expected)

@@ -10,6 +10,7 @@ import itertools
 import math
 import multiprocessing as mp
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,22 @@ def _wait_for(condition, timeout_s: float = 5.0) -> bool:
             return True
         loop.wait()
     return bool(condition())
+
+
+@pytest.mark.slow
+def test_reset_keeps_the_streams_of_a_connected_cell_running() -> None:
+    """A new scene in a running twin (what episode recording does between episodes):
+    the camera keeps rendering (its frame schedule follows simulated time back), the
+    controller keeps streaming and no driver restarts."""
+    from demuse_ros.teleop.session import sim_cell
+
+    host = "127.0.0.42"
+    with sim_cell(_config(host, 5042)) as (twin, cell):
+        time.sleep(1.0)
+        before = {name: getattr(cell, name).ring.count for name in ("camera", "ft", "arm")}
+        twin.call("reset", 1)
+        time.sleep(1.5)
+        grew = {n: getattr(cell, n).ring.count - before[n] for n in before}
+        print("records in 1.5 s after a reset:", grew)
+        assert grew["camera"] >= 30 and grew["arm"] >= 150 and grew["ft"] >= 100
+        assert all(d.stats().get("process_restarts", 0) == 0 for d in cell.drivers.values())

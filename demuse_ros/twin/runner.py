@@ -271,6 +271,8 @@ class RealtimeTwin:
                     servers.publish()
                     twin.step()
                     ticks += 1
+                    if twin.time_s + frame_period_s < next_frame_s:
+                        next_frame_s = twin.time_s  # reset: simulated time went back
                     if twin.time_s >= next_frame_s:
                         next_frame_s += frame_period_s
                         state = twin.plant.render_state()
