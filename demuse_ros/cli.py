@@ -29,6 +29,7 @@ from demuse_ros.cli_common import (
     _stop_on_sigterm,
 )
 from demuse_ros.cli_dataset import _add_dataset
+from demuse_ros.cli_eval import _add_eval
 from demuse_ros.cli_record import _add_bench_record, _add_record, _bench_record
 from demuse_ros.cli_teleop import _add_teleop
 from demuse_ros.timing.loop import PeriodicLoop
@@ -235,6 +236,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         "drive the arm by keyboard, SpaceMouse or by hand (freedrive), through the safety "
         "filter (--sim: the simulated cell)",
         _add_teleop,
+    ),
+    "eval": (
+        "a policy's success rate over seeded episodes in the simulated cell "
+        "(lockstep or real time), with a plot",
+        _add_eval,
     ),
     "dataset": (
         "replay recorded episodes as training data (info), export them to LeRobot v3",

@@ -232,3 +232,12 @@ def test_demuse_train_on_recordings(tmp_path, episode_file, capsys) -> None:
     # normalization statistics come from the recorded data: x spans the scripted motion
     offset = np.asarray(ckpt.normalization.state.offset)
     assert 0.29 < offset[0] < 0.4
+    # the smoke of the learning loop: the fresh checkpoint closes the loop in the twin
+    pytest.importorskip("mujoco", reason="needs the sim extra")
+    out = tmp_path / "eval"
+    args = ["eval", "--sim", "--policy", str(tmp_path / "run"), "--episodes", "1"]
+    args += ["--max-seconds", "1.5", "--out", str(out), "--json"]
+    assert main(args) == 0
+    result = json.loads((out / "eval.json").read_text())
+    (episode,) = result["episodes"]
+    assert result["mode"] == "lockstep" and episode["ticks"] >= 10 and episode["chunks"] >= 1

@@ -110,6 +110,7 @@ def run_sim(
             "interrupted": interrupted,
             **runtime.stats(),
             "task": {k: task.get(k) for k in ("done", "success", "reason")},
+            "task_metrics": dict(task.get("metrics") or {}),
             "arm": {
                 k: v
                 for k, v in cell.arm.stats().items()
