@@ -215,8 +215,9 @@ def test_lerobot_v3_export_reads_back(tmp_path, episode_file) -> None:
     assert not (tmp_path / "lerobot.partial").exists()
 
 
-def test_demuse_train_on_recordings(tmp_path, episode_file, capsys) -> None:
+def test_demuse_train_on_recordings(tmp_path, episode_file, capsys, monkeypatch) -> None:
     pytest.importorskip("torch", reason="needs the model extra")
+    monkeypatch.setenv("DEMUSE_CACHE_DIR", str(tmp_path / "cache"))  # not the user's cache
     from demuse_ros.cli import main
     from demuse_ros.model.checkpoint import load_policy
 
@@ -228,6 +229,7 @@ def test_demuse_train_on_recordings(tmp_path, episode_file, capsys) -> None:
         args += ["--set", s]
     assert main(args) == 0
     assert "2 recorded episodes, 40 ticks" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "replay").glob("*.npz"))) == 1  # one file, cached
     ckpt = load_policy(tmp_path / "run")
     # normalization statistics come from the recorded data: x spans the scripted motion
     offset = np.asarray(ckpt.normalization.state.offset)
@@ -241,3 +243,15 @@ def test_demuse_train_on_recordings(tmp_path, episode_file, capsys) -> None:
     result = json.loads((out / "eval.json").read_text())
     (episode,) = result["episodes"]
     assert result["mode"] == "lockstep" and episode["ticks"] >= 10 and episode["chunks"] >= 1
+
+
+def test_replay_cache_returns_the_same_episode_and_follows_the_config(tmp_path, episode_file):
+    cfg = ReplayConfig(image_size_px=16, depth_grid=4)
+    (a,), (sa,) = load_episodes([episode_file], cfg, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    (b,), (sb,) = load_episodes([episode_file], cfg, cache_dir=tmp_path)
+    assert sa == sb
+    for name in ("rgb", "depth_m", "wrench", "state", "actions"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    (c,), _ = load_episodes([episode_file], ReplayConfig(image_size_px=8), cache_dir=tmp_path)
+    assert c.rgb.shape[1] == 8 and len(list(tmp_path.glob("*.npz"))) == 2

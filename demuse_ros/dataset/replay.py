@@ -330,10 +330,14 @@ def load_episodes(
     config: ReplayConfig | None = None,
     *,
     successful_only: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[list[Episode], list[ReplayStats]]:
     """Every episode under ``paths`` (files or folders), replayed (:func:`replay_episode`).
 
     ``successful_only`` keeps episodes whose metadata marks them successful.
+    ``cache_dir`` keeps each replayed episode as ``.npz``, keyed by the file's
+    path, size and modification time and by the replay config, so a second
+    training run skips the replay (a changed file or config replays again).
     """
     from demuse_ros.record.reader import open_episode
 
@@ -344,16 +348,79 @@ def load_episodes(
                 if ep.metadata.get("success") is not True:
                     log.info("%s: not marked successful, skipped", path)
                     continue
-        episode, s = replay_episode(path, config)
+        cached = _cache_path(cache_dir, path, config) if cache_dir else None
+        if cached is not None and cached.is_file():
+            episode, s = _load_cached(cached)
+        else:
+            episode, s = replay_episode(path, config)
+            if cached is not None:
+                _save_cached(cached, episode, s)
         episodes.append(episode)
         stats.append(s)
     return episodes, stats
+
+
+def default_cache_dir() -> Path:
+    """``$DEMUSE_CACHE_DIR/replay`` (default ``~/.cache/demuse_ros/replay``)."""
+    root = os.environ.get("DEMUSE_CACHE_DIR", str(Path.home() / ".cache" / "demuse_ros"))
+    return Path(root) / "replay"
+
+
+def _cache_path(cache_dir: Any, path: Path, config: ReplayConfig | None) -> Path:
+    import hashlib
+    import json
+
+    from demuse_ros.config import to_dict
+
+    st = Path(path).stat()
+    key = json.dumps(
+        [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, to_dict(config or ReplayConfig())],
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{Path(path).stem}-{digest}.npz"
+
+
+def _save_cached(cached: Path, episode: Episode, stats: ReplayStats) -> None:
+    import dataclasses
+    import json
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        rgb=episode.rgb,
+        depth_m=episode.depth_m,
+        wrench=episode.wrench,
+        state=episode.state,
+        actions=episode.actions,
+        task=np.int64(episode.task),
+        stats=np.array(json.dumps(dataclasses.asdict(stats))),
+    )
+    os.replace(tmp, cached)
+
+
+def _load_cached(cached: Path) -> tuple[Episode, ReplayStats]:
+    import json
+
+    with np.load(cached, allow_pickle=False) as z:
+        episode = Episode(
+            rgb=z["rgb"],
+            depth_m=z["depth_m"],
+            wrench=z["wrench"],
+            state=z["state"],
+            actions=z["actions"],
+            task=int(z["task"]),
+        )
+        stats = ReplayStats(**json.loads(str(z["stats"])))
+    return episode, stats
 
 
 __all__ = [
     "CommandedPath",
     "ReplayConfig",
     "ReplayStats",
+    "default_cache_dir",
     "episode_files",
     "load_episodes",
     "replay_episode",

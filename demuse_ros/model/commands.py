@@ -63,7 +63,7 @@ def _recorded_episodes(args: argparse.Namespace, cfg: Any) -> list | None:
     """``--recordings`` replayed at the model's input sizes (None without the flag)."""
     if not args.recordings:
         return None
-    from demuse_ros.dataset.replay import ReplayConfig, load_episodes
+    from demuse_ros.dataset.replay import ReplayConfig, default_cache_dir, load_episodes
     from demuse_ros.record.reader import EpisodeError
 
     mcfg = cfg.policy_config().model
@@ -72,7 +72,10 @@ def _recorded_episodes(args: argparse.Namespace, cfg: Any) -> list | None:
     )
     try:
         episodes, stats = load_episodes(
-            args.recordings, replay, successful_only=args.successful_only
+            args.recordings,
+            replay,
+            successful_only=args.successful_only,
+            cache_dir=default_cache_dir(),
         )
     except (EpisodeError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"demuse train: {err}") from None
