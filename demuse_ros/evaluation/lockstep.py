@@ -14,10 +14,11 @@ shapes what the policy sees:
 
 Every 100 ms, right after a frame, the deployment :class:`Synchronizer` ticks
 on those rings; every ``stride`` ticks the policy gets the observation and its
-chunk is timed as the runtime times it (action ``i`` at ``t_anchor +
-(i+1)·dt``), vetted by the arm driver's :class:`SafetyFilter` from the current
-servo target and followed by a :class:`WaypointPlan` with ``servoL`` every
-period through the controller's own command path. Gripper widths go to the
+chunk is planned by the runtime's own :func:`plan_chunk` (action ``i`` at
+``t_anchor + (i+1)·dt``, past-due waypoints dropped, seam blend, speed bound),
+vetted by the arm driver's :class:`SafetyFilter` from the current servo target
+and followed by a :class:`WaypointPlan` with ``servoL`` every period through
+the controller's own command path. Gripper widths go to the
 register bank when they change by more than the deadband. Time is simulated
 time, so inference takes no time here: this mode measures the policy, the
 real-time mode (``demuse eval --mode realtime``) the whole system.
@@ -34,7 +35,8 @@ import numpy as np
 from demuse_ros.drivers.arm_path import WaypointPlan, future_waypoints
 from demuse_ros.drivers.ft import FTDriverConfig
 from demuse_ros.drivers.ft_signal import STATE_COUNT, STATE_START, WrenchProcessor, decode_state
-from demuse_ros.runtime.chunking import ChunkConfig, chunk_times, validate_actions
+from demuse_ros.runtime.chunking import ChunkConfig, Waypoints, plan_chunk, validate_actions
+from demuse_ros.runtime.policies import observation_state
 from demuse_ros.safety.filter import SafetyConfig, SafetyFilter
 from demuse_ros.sync.streams import arm_schema, camera_schema, ft_schema
 from demuse_ros.sync.synchronizer import SyncConfig, Synchronizer
@@ -106,6 +108,7 @@ class LockstepCell:
         self.ft_config = ft or FTDriverConfig()
         self.gripper_force_n = gripper_force_n
         self.gripper_deadband_m = gripper_deadband_m
+        self._plan: Waypoints | None = None
         cam = twin.config.plant.camera
         self.camera_ring = RingBuffer.create(camera_schema(cam.width, cam.height), 8)
         self.ft_ring = RingBuffer.create(ft_schema(), 256)
@@ -147,6 +150,7 @@ class LockstepCell:
         record = EpisodeRecord(seed, False, "unfinished", math.nan, {})
         refused: dict[str, int] = {}
         plan: WaypointPlan | None = None
+        self._plan = None  # the runtime's plan (merged chunks)
         target = arm.actual_tcp_pose()
         gripper_sent: float | None = None
         next_frame = next_ft = self._now()
@@ -236,22 +240,31 @@ class LockstepCell:
     def _new_chunk(
         self, policy: Any, obs: Any, now: int, target: np.ndarray, refused: dict[str, int]
     ) -> tuple[WaypointPlan, np.ndarray] | None:
-        """Ask the policy, time and vet its chunk; the new plan and widths, or None (hold)."""
+        """Ask the policy; plan its chunk as the runtime does (:func:`plan_chunk`: timing,
+        past-due drop, seam blend, speed bound) and vet what would be sent as the arm
+        driver does. Returns the servo plan and the gripper widths, or None (hold)."""
         try:
             actions = validate_actions(policy.predict(obs))
         except ValueError:
             refused["bad_chunk"] = refused.get("bad_chunk", 0) + 1
             return None
-        t_ns = chunk_times(obs.t_anchor_ns, len(actions), self.chunk.rate_hz)
-        t_ns, poses = future_waypoints(now, t_ns, actions[:, :6])
-        if not len(t_ns):
+        planned = plan_chunk(
+            self._plan, obs.t_anchor_ns, actions, observation_state(obs), now, self.chunk
+        )
+        if planned.plan is None:
             return None
-        widths = actions[-len(t_ns) :, 6]
+        ahead = planned.plan.after(now)
+        if not len(ahead):
+            return None
+        t_ns, poses = future_waypoints(now, ahead.t_ns, ahead.actions[:, :6])
         verdict = self.safety.check_chunk(target, now, t_ns, poses)
         if not verdict.ok:
             refused[verdict.reason] = refused.get(verdict.reason, 0) + 1
+            # as the runtime: the arm holds, the plan is cut at the commit point
+            self._plan = None
             return None
-        return WaypointPlan(now, target, t_ns, poses), widths
+        self._plan = planned.plan
+        return WaypointPlan(now, target, t_ns, poses), ahead.actions[:, 6]
 
 
 __all__ = ["EpisodeRecord", "LockstepCell", "TwinCalls"]

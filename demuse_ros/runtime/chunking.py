@@ -29,6 +29,7 @@ large disagreement between chunks becomes a bounded ramp instead of a jump.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -197,13 +198,56 @@ def bound_speed(
     return Waypoints(plan.t_ns.copy(), out), moved
 
 
+class PlannedChunk(NamedTuple):
+    plan: Waypoints | None  # the new plan (None: nothing left ahead of the commit point)
+    dropped_late: int  # waypoints of the chunk before the commit point
+    clamped: int  # waypoints the seam speed bound moved
+
+
+def plan_chunk(
+    plan: Waypoints | None,
+    t_anchor_ns: int,
+    actions: np.ndarray,
+    state: np.ndarray,
+    now_ns: int,
+    cfg: ChunkConfig,
+) -> PlannedChunk:
+    """A chunk predicted from the observation at ``t_anchor_ns``, merged into ``plan``.
+
+    Action ``i`` is timed at ``t_anchor + (i + 1)·dt``; waypoints before the commit
+    point ``now + actuation_latency_s`` are dropped; the rest are merged into the
+    running plan (:func:`merge_chunk`) and speed-bounded from where the arm will be
+    commanded at the commit point (or from ``state``, the observed pose, when no
+    plan is running). The runtime and the lockstep evaluator both plan with this.
+    """
+    chunk = Waypoints(chunk_times(t_anchor_ns, len(actions), cfg.rate_hz), actions)
+    t_commit = now_ns + round(cfg.actuation_latency_s * 1e9)
+    late = len(chunk.t_ns) - len(chunk.after(t_commit))
+    merged = merge_chunk(plan, chunk, t_commit, cfg)
+    fresh = merged.after(t_commit)
+    if len(fresh) == 0:
+        return PlannedChunk(None, late, 0)
+    if plan is not None and len(plan) and plan.t_ns[-1] > now_ns:
+        t_start, start = t_commit, action_at(plan, t_commit)
+    else:
+        t_start, start = now_ns, state
+    bounded, moved = bound_speed(fresh, t_start, start, cfg)
+    keep = merged.upto(t_commit)
+    new = Waypoints(
+        np.concatenate([keep.t_ns, bounded.t_ns]), np.vstack([keep.actions, bounded.actions])
+    )
+    return PlannedChunk(new, late, moved)
+
+
 __all__ = [
     "ACTION_DIM",
     "ChunkConfig",
+    "PlannedChunk",
     "Waypoints",
     "action_at",
     "bound_speed",
     "chunk_times",
     "merge_chunk",
+    "plan_chunk",
     "validate_actions",
 ]

@@ -35,15 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from demuse_ros.config.schema import param, validate_fields
-from demuse_ros.runtime.chunking import (
-    ChunkConfig,
-    Waypoints,
-    action_at,
-    bound_speed,
-    chunk_times,
-    merge_chunk,
-    validate_actions,
-)
+from demuse_ros.runtime.chunking import ChunkConfig, Waypoints, plan_chunk, validate_actions
 from demuse_ros.runtime.inference import InferenceConfig
 from demuse_ros.runtime.policies import DoneRequest, Policy, observation_state
 from demuse_ros.runtime.report import RunTrace
@@ -289,26 +281,12 @@ class Runtime:
         return blocking_ms
 
     def _plan(self, t_anchor_ns: int, actions: np.ndarray, obs: Any) -> Waypoints | None:
-        cfg = self.config.chunk
-        chunk = Waypoints(chunk_times(t_anchor_ns, len(actions), cfg.rate_hz), actions)
-        t_commit = now_ns() + round(cfg.actuation_latency_s * NS_PER_S)
-        late = len(chunk.t_ns) - len(chunk.after(t_commit))
-        self.waypoints_dropped_late += late
-        merged = merge_chunk(self.plan, chunk, t_commit, cfg)
-        fresh = merged.after(t_commit)
-        if len(fresh) == 0:
-            return None
-        # The speed bound starts where the arm will be commanded at the commit point.
-        if self.plan is not None and len(self.plan) and self.plan.t_ns[-1] > now_ns():
-            t_start, start = t_commit, action_at(self.plan, t_commit)
-        else:
-            t_start, start = now_ns(), observation_state(obs)
-        bounded, moved = bound_speed(fresh, t_start, start, cfg)
-        self.seam_clamps += moved
-        keep = merged.upto(t_commit)
-        return Waypoints(
-            np.concatenate([keep.t_ns, bounded.t_ns]), np.vstack([keep.actions, bounded.actions])
+        planned = plan_chunk(
+            self.plan, t_anchor_ns, actions, observation_state(obs), now_ns(), self.config.chunk
         )
+        self.waypoints_dropped_late += planned.dropped_late
+        self.seam_clamps += planned.clamped
+        return planned.plan
 
     def _send(self, plan: Waypoints) -> None:
         now = now_ns()
