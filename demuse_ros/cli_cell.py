@@ -17,6 +17,7 @@ from demuse_ros.cli_common import (
     _print_result,
     _stop_on_sigterm,
 )
+from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
 from demuse_ros.timing.loop import PeriodicLoop
 
 
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     result = run_sim(
         _load_sim_config(_sim_args(args)),
-        policy=args.policy,
+        policy=resolve_policy(args.policy),
         cell_config=_load_cell_config(args),
         runtime_config=runtime_config,
         cycles=args.cycles,
@@ -181,8 +182,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     _add_cell_args(p)
     p.add_argument(
         "--policy",
-        default="expert",
-        help="'expert' (the twin's scripted expert, --sim only) or a checkpoint folder",
+        default=DEFAULT_POLICY,
+        help=f"a checkpoint folder, a shipped checkpoint's name (default {DEFAULT_POLICY}: "
+        "models/README.md) or 'expert' (the twin's scripted expert, --sim only)",
     )
     p.add_argument(
         "--inference",

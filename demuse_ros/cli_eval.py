@@ -9,6 +9,7 @@ from typing import Any
 
 from demuse_ros.cli_cell import _add_cell_args, _load_cell_config, _sim_args
 from demuse_ros.cli_common import _load_sim_config, _print_result, _stop_on_sigterm
+from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
 
 log = logging.getLogger("demuse.eval")
 
@@ -41,12 +42,13 @@ def _eval(args: argparse.Namespace) -> int:
             record["time_to_done_s"],
         )
 
+    policy = resolve_policy(args.policy)
     run = evaluate_lockstep if args.mode == "lockstep" else evaluate_realtime
     _stop_on_sigterm()
     t0 = time.monotonic()
     records = run(
         _load_sim_config(_sim_args(args)),
-        args.policy,
+        policy,
         args.episodes,
         seed=args.seed,
         runtime_config=runtime_config,
@@ -55,7 +57,7 @@ def _eval(args: argparse.Namespace) -> int:
         max_s=args.max_seconds,
     )
     result = {
-        "policy": args.policy,
+        "policy": policy,
         "mode": args.mode,
         "inference": args.inference if args.policy != "expert" else "expert",
         "seed": args.seed,
@@ -76,7 +78,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     from demuse_ros.evaluation.run import EVAL_SEED
 
     _add_cell_args(p)
-    p.add_argument("--policy", default="expert", help="'expert' or a checkpoint folder")
+    p.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        help=f"a checkpoint folder, a shipped checkpoint's name (default {DEFAULT_POLICY}) "
+        "or 'expert' (the twin's scripted expert)",
+    )
     p.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
     p.add_argument(
         "--mode",

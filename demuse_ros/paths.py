@@ -40,3 +40,46 @@ def find_config(name: str) -> Path:
         f"{name} not found in {', '.join(str(d) for d in tried)}; pass --config PATH or set "
         "DEMUSE_CONFIG_DIR"
     )
+
+
+#: The shipped checkpoint ``demuse run`` and ``demuse eval`` use by default
+#: (``models/<name>``: trained on 97 scripted-expert demonstrations in the twin,
+#: see ``models/README.md``).
+DEFAULT_POLICY = "dispense-cpu"
+
+
+def model_dirs() -> list[Path]:
+    """Folders holding shipped checkpoints (``models/<name>/``), most specific first.
+
+    ``$DEMUSE_MODEL_DIR``; the source checkout's ``models``; ``share/demuse_ros/models``
+    of the Python prefix (pip) and of every ``$AMENT_PREFIX_PATH`` entry (colcon).
+    """
+    dirs = []
+    if os.environ.get("DEMUSE_MODEL_DIR"):
+        dirs.append(Path(os.environ["DEMUSE_MODEL_DIR"]))
+    dirs.append(Path(__file__).resolve().parents[1] / "models")
+    dirs.append(Path(sys.prefix) / "share" / _PACKAGE / "models")
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        dirs.append(Path(prefix) / "share" / _PACKAGE / "models")
+    return dirs
+
+
+def resolve_policy(policy: str) -> str:
+    """``expert``, a checkpoint folder, or the name of a shipped checkpoint → what to load.
+
+    A path that exists wins; a bare name is looked up in :func:`model_dirs`.
+
+    Raises:
+        FileNotFoundError: naming the folders tried and what ``policy`` may be.
+    """
+    if policy == "expert" or Path(policy).is_dir():
+        return policy
+    tried = model_dirs()
+    if os.sep not in policy and "/" not in policy:
+        for folder in tried:
+            if (folder / policy / "config.json").is_file():
+                return str(folder / policy)
+    raise FileNotFoundError(
+        f"policy {policy!r} is neither 'expert', a checkpoint folder, nor a shipped checkpoint "
+        f"in {', '.join(str(d) for d in tried)}"
+    )

@@ -2,10 +2,11 @@
 
 ``use_sim:=true`` does what ``demuse run --sim`` does: the simulated cell
 (sim_node), the three driver nodes pointed at it, and policy_node running the
-scripted expert (or ``checkpoint:=DIR``) until the episode ends, then everything
-shuts down. Without it the drivers connect to the real cell (``robot_ip``,
-``ft_ip``, ``camera_serial`` override ``config/demuse.yaml``) and the policy runs
-until Ctrl-C. ``record:=true`` adds recorder_node, recording from the first data.
+shipped checkpoint (or ``checkpoint:=DIR``, or ``checkpoint:=expert``: the twin's
+scripted expert) until the episode ends, then everything shuts down. Without it
+the drivers connect to the real cell (``robot_ip``, ``ft_ip``, ``camera_serial``
+override ``config/demuse.yaml``) and the policy runs until Ctrl-C. ``record:=true``
+adds recorder_node, recording from the first data.
 """
 
 from launch import LaunchDescription
@@ -65,9 +66,10 @@ def generate_launch_description():
             ),
             DeclareLaunchArgument(
                 "checkpoint",
-                default_value="expert",
-                description="Policy: a checkpoint folder (or a folder name under "
-                "share/demuse_ros/models), or 'expert', the twin's scripted expert (use_sim).",
+                default_value="dispense-cpu",
+                description="Policy: a checkpoint folder, a shipped checkpoint's name (a folder "
+                "under share/demuse_ros/models; dispense-cpu is trained in the twin), or "
+                "'expert', the twin's scripted expert (use_sim).",
             ),
             DeclareLaunchArgument(
                 "backend",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -187,3 +188,39 @@ def test_training_and_sampling_on_cuda(tmp_path: Path) -> None:
         )
     assert chunks[0].shape == chunks[1].shape == (1, 4, 7)
     assert all(np.isfinite(c).all() for c in chunks)
+
+
+def test_the_best_validation_checkpoint_is_kept_and_the_curve_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``best/`` holds the EMA weights of the lowest validation loss, survives a resume, and
+    ``training_curve.png`` is drawn from metrics.jsonl."""
+    losses = iter([0.9, 0.4, 0.6, 0.7, 0.5, 0.8])
+    monkeypatch.setattr(train_module.Trainer, "validate", lambda self: next(losses))
+    cfg = TrainConfig(**{**QUICK, "val_every": 1}, steps=4, checkpoint_every=1)
+    metrics = train(cfg, tmp_path, progress=False)
+    assert metrics["best"] == {"step": 2, "val_loss": 0.4}
+    best = json.loads((tmp_path / "best" / "config.json").read_text())["training"]
+    assert best["step"] == 2 and best["val_loss"] == 0.4
+    assert DeMUSEPolicy.load(tmp_path / "best").checkpoint.config == DeMUSEPolicy.load(
+        tmp_path
+    ).checkpoint.config
+    assert (tmp_path / "training_curve.png").stat().st_size > 10_000
+    # a resumed run keeps the best so far: 0.5 and 0.8 are worse than 0.4
+    more = train(dataclasses.replace(cfg, steps=6), tmp_path, resume=True, progress=False)
+    assert more["best"] == {"step": 2, "val_loss": 0.4}
+
+
+def test_training_curves_of_two_runs_share_one_figure(tmp_path: Path) -> None:
+    from demuse_ros.model.curve import plot_training_curves, read_metrics
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"step": s, "loss": 1.0 / s, "loss_action": 0.1 / s}) for s in (1, 2)]
+        lines.append(json.dumps({"step": 3, "loss": 0.3, "loss_action": 0.03, "val_loss": 0.4}))
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path / "a")] == [1, 2, 3]  # torn line skipped
+    out = plot_training_curves([tmp_path / "a", tmp_path / "b"], tmp_path / "c.png", ["A", "B"])
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="labels"):
+        plot_training_curves([tmp_path / "a"], tmp_path / "d.png", ["A", "B"])

@@ -131,3 +131,21 @@ def test_bench_sync_json() -> None:
     assert result["torn_images"] == 0
     assert set(result["writers"]) == {"camera", "ft", "arm"}
     assert all(w["records"] > 0 for w in result["writers"].values())
+
+
+def test_a_policy_resolves_to_a_folder_or_a_shipped_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from demuse_ros.paths import resolve_policy
+
+    assert resolve_policy("expert") == "expert"
+    assert resolve_policy(str(tmp_path)) == str(tmp_path)  # an existing folder wins
+    shipped = tmp_path / "models" / "demo"
+    shipped.mkdir(parents=True)
+    monkeypatch.setenv("DEMUSE_MODEL_DIR", str(tmp_path / "models"))
+    with pytest.raises(FileNotFoundError, match="shipped checkpoint"):
+        resolve_policy("demo")  # a folder without config.json is no checkpoint
+    (shipped / "config.json").write_text("{}")
+    assert resolve_policy("demo") == str(shipped)
+    with pytest.raises(FileNotFoundError, match="neither 'expert'"):
+        resolve_policy("no/such/folder")

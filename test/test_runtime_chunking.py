@@ -11,6 +11,7 @@ from demuse_ros.runtime.chunking import (
     bound_speed,
     chunk_times,
     merge_chunk,
+    plan_chunk,
     validate_actions,
 )
 
@@ -115,3 +116,23 @@ def test_no_current_plan_starts_the_chunk_as_is() -> None:
     new = _line(0, 16, 0.0, 0.1)
     merged = merge_chunk(None, new, 250 * MS, CFG)
     assert merged.t_ns[0] == 300 * MS and np.array_equal(merged.actions, new.actions[2:12])
+
+
+def test_after_a_plan_ends_the_bound_starts_at_its_held_target() -> None:
+    """The arm holds the last target of an ended plan and its filter vets the next chunk
+    from there; the observed pose may lag it (or differ from it in contact). The speed
+    bound must start at the held target, or the first segment the arm sees is too fast."""
+    old = _line(0, 4, 0.0, 0.1)  # ends at x = 0.04 m, t = 400 ms
+    held = old.actions[-1]
+    observed = held.copy()
+    observed[0] += 0.01  # 1 cm off the target (e.g. pushed back in contact)
+    chunk = _line(600 * MS, 8, 0.07, 0.1)  # 3 cm ahead of the held target
+    planned = plan_chunk(old, 600 * MS, chunk.actions, observed, 600 * MS, CFG)
+    first = planned.plan.after(600 * MS)
+    step_from_held = np.linalg.norm(first.actions[0, :3] - held[:3])
+    dt_s = (first.t_ns[0] - 600 * MS) / 1e9
+    assert step_from_held / dt_s <= CFG.max_seam_speed_m_s + 1e-9
+    # without a plan the observed pose is all there is
+    fresh = plan_chunk(None, 600 * MS, chunk.actions, observed, 600 * MS, CFG)
+    step = np.linalg.norm(fresh.plan.after(600 * MS).actions[0, :3] - observed[:3])
+    assert step / dt_s <= CFG.max_seam_speed_m_s + 1e-9

@@ -48,6 +48,8 @@ NS_PER_S = 1_000_000_000
 _UNIT = 65
 #: the simulated clock starts here (ns), so stamps are positive and far from 0
 T0_NS = 1_000 * NS_PER_S
+#: :meth:`LockstepCell._new_chunk`'s answer when the safety filter refused the chunk
+_HOLD = object()
 
 
 @dataclass
@@ -181,7 +183,9 @@ class LockstepCell:
                             started = True
                         accepted = self._new_chunk(policy, obs, now, target, refused)
                         record.chunks += 1
-                        if accepted is not None:
+                        if accepted is _HOLD:  # the arm refused it: hold the current target
+                            plan = WaypointPlan(now, target, np.array([now + dt_ns]), target[None])
+                        elif accepted is not None:
                             plan, widths = accepted
                             since_chunk = 0
                             width = float(np.clip(widths[0], 0.0, 0.1))
@@ -239,10 +243,11 @@ class LockstepCell:
 
     def _new_chunk(
         self, policy: Any, obs: Any, now: int, target: np.ndarray, refused: dict[str, int]
-    ) -> tuple[WaypointPlan, np.ndarray] | None:
+    ) -> tuple[WaypointPlan, np.ndarray] | object | None:
         """Ask the policy; plan its chunk as the runtime does (:func:`plan_chunk`: timing,
         past-due drop, seam blend, speed bound) and vet what would be sent as the arm
-        driver does. Returns the servo plan and the gripper widths, or None (hold)."""
+        driver does. Returns the servo plan and the gripper widths, ``_HOLD`` when the
+        safety filter refused the chunk, or None (nothing to send; the plan goes on)."""
         try:
             actions = validate_actions(policy.predict(obs))
         except ValueError:
@@ -260,9 +265,11 @@ class LockstepCell:
         verdict = self.safety.check_chunk(target, now, t_ns, poses)
         if not verdict.ok:
             refused[verdict.reason] = refused.get(verdict.reason, 0) + 1
-            # as the runtime: the arm holds, the plan is cut at the commit point
-            self._plan = None
-            return None
+            # as the runtime on the arm's refusal: it holds, its plan cut at the commit point
+            t_commit = now + round(self.chunk.actuation_latency_s * NS_PER_S)
+            kept = self._plan.upto(t_commit) if self._plan is not None else None
+            self._plan = kept if kept is not None and len(kept) else None
+            return _HOLD
         self._plan = planned.plan
         return WaypointPlan(now, target, t_ns, poses), ahead.actions[:, 6]
 

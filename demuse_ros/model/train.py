@@ -3,8 +3,12 @@
 The run directory is itself a policy checkpoint (EMA weights, see
 :mod:`.checkpoint`), rewritten every ``checkpoint_every`` steps and at the end,
 plus what resuming needs: ``training_state.safetensors`` (raw weights, EMA,
-optimizer moments, RNG state), ``trainer.json`` (step, train config) and
-``metrics.jsonl`` (one JSON line per logged step: the training curve).
+optimizer moments, RNG state), ``trainer.json`` (step, train config, best
+validation loss) and ``metrics.jsonl`` (one JSON line per logged step: the
+training curve, drawn into ``training_curve.png`` at the end). ``best/`` is a
+complete policy checkpoint of the EMA weights at the lowest validation loss so
+far (the validation batches and their noise are the same every time, so the
+losses compare).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.safetensors"
 TRAINER_JSON = "trainer.json"
 METRICS = "metrics.jsonl"
+BEST = "best"
+CURVE_PNG = "training_curve.png"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,12 @@ class TrainConfig:
     )
     seed: int = param(0, doc="seed of data generation, init, batches and noise")
     device: str = param("cpu", doc="torch device, e.g. cpu or cuda")
+    threads: int = param(
+        0,
+        doc="torch CPU threads (0: torch's default, one per core; 1 lets two runs share a "
+        "2-core machine)",
+        range=(0, None),
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -164,6 +176,8 @@ class Trainer:
         self.policy_cfg = cfg.policy_config()
         mcfg = self.policy_cfg.model
         self.device = torch.device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         if episodes is None:
             episodes = DATASETS[cfg.data](
@@ -200,6 +214,7 @@ class Trainer:
         self.schedule = NoiseSchedule(self.policy_cfg.diffusion, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step = 0
+        self.best_val_loss, self.best_step = math.inf, 0
 
     def _autoencoder(self, train: EpisodeWindows) -> torch.nn.Module:
         cfg, mcfg = self.cfg, self.policy_cfg.model
@@ -216,15 +231,25 @@ class Trainer:
         return ae.eval()
 
     # ------------------------------------------------------------ state
-    def save(self) -> None:
+    def _save_policy(self, folder: Path, **training: Any) -> None:
         save_policy(
-            self.out,
+            folder,
             self.ema.module.state_dict(),
             self.policy_cfg,
             self.normalization,
             self.autoencoder,
-            extra={"training": {"step": self.step, "config": to_dict(self.cfg)}},
+            extra={"training": {"step": self.step, "config": to_dict(self.cfg), **training}},
         )
+
+    def _keep_if_best(self, val_loss: float | None) -> None:
+        """Writes ``best/`` when ``val_loss`` is the lowest so far."""
+        if val_loss is None or not math.isfinite(val_loss) or val_loss >= self.best_val_loss:
+            return
+        self.best_val_loss, self.best_step = val_loss, self.step
+        self._save_policy(self.out / BEST, val_loss=val_loss)
+
+    def save(self) -> None:
+        self._save_policy(self.out)
         opt = self.opt.state_dict()
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
@@ -238,6 +263,9 @@ class Trainer:
             "train_config": to_dict(self.cfg),
             "param_groups": opt["param_groups"],
             "sha256": sha,
+            "best": {"val_loss": self.best_val_loss, "step": self.best_step}
+            if self.best_step
+            else None,
         }
         (self.out / TRAINER_JSON).write_text(json.dumps(body, indent=1))
 
@@ -268,6 +296,9 @@ class Trainer:
         self.gen.set_state(tensors["rng.generator"].cpu())
         torch.set_rng_state(tensors["rng.torch"].cpu())
         self.step = int(body["step"])
+        if body.get("best"):
+            self.best_val_loss = float(body["best"]["val_loss"])
+            self.best_step = int(body["best"]["step"])
         log.info("resumed %s at step %d", self.out, self.step)
         return True
 
@@ -331,12 +362,21 @@ class Trainer:
                     }
                     if val_now:
                         metrics["val_loss"] = self.validate()
+                        self._keep_if_best(metrics["val_loss"])
                     mlog.write(json.dumps(metrics) + "\n")
                     mlog.flush()
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", val=metrics.get("val_loss"))
                 if self.step % cfg.checkpoint_every == 0 or last:
                     self.save()
         bar.close()
+        try:
+            from .curve import plot_training_curves
+
+            plot_training_curves([self.out], self.out / CURVE_PNG)
+        except Exception as exc:  # a missing plot must not cost the run
+            log.warning("training curve not drawn: %s", exc)
+        if self.best_step:
+            metrics["best"] = {"step": self.best_step, "val_loss": self.best_val_loss}
         return metrics
 
 

@@ -15,11 +15,10 @@ serves their protocols by then).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from demuse_ros.paths import find_config
+from demuse_ros.paths import find_config, resolve_policy
 
 PACKAGE = "demuse_ros"
 DRIVER_NODES = ("camera_node", "ft_node", "arm_node")
@@ -85,16 +84,8 @@ def cell_parameters(
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
-    """``expert``, a folder, or a name under the installed ``share/demuse_ros/models``."""
-    if checkpoint == "expert" or os.path.isdir(checkpoint):
-        return checkpoint
-    candidate = find_config("demuse.yaml").parent.parent / "models" / checkpoint
-    if candidate.is_dir():
-        return str(candidate)
-    raise FileNotFoundError(
-        f"checkpoint {checkpoint!r} is neither 'expert', a folder, nor a folder under "
-        "share/demuse_ros/models"
-    )
+    """``expert``, a folder, or a shipped checkpoint's name (``share/demuse_ros/models``)."""
+    return resolve_policy(checkpoint)
 
 
 # ---------------------------------------------------------------------- launch actions

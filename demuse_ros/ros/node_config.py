@@ -18,6 +18,7 @@ from demuse_ros.config.schema import param, validate_fields
 from demuse_ros.drivers.arm_config import ArmDriverConfig
 from demuse_ros.drivers.camera import CameraDriverConfig
 from demuse_ros.drivers.ft import FTDriverConfig
+from demuse_ros.paths import DEFAULT_POLICY
 from demuse_ros.record.episode import RecorderConfig
 from demuse_ros.record.messages import Frames
 from demuse_ros.ros.params import ParamGroup
@@ -136,8 +137,9 @@ class PolicyNodeConfig:
     """``policy_node`` besides the runtime: which policy, and when to stop."""
 
     policy: str = param(
-        "expert",
-        doc="'expert' (the twin's scripted expert; needs sim_node) or a checkpoint folder.",
+        DEFAULT_POLICY,
+        doc="A checkpoint folder, a shipped checkpoint's name (share/demuse_ros/models) or "
+        "'expert' (the twin's scripted expert; needs sim_node).",
     )
     stop_when_done: bool = param(
         True,

@@ -173,9 +173,11 @@ class PolicyNode(NodeHelpers, Node):  # type: ignore[misc,valid-type]
             # The expert re-plans every tick (its force loop closes at the loop rate).
             cfg = dataclasses.replace(cfg, chunk=dataclasses.replace(cfg.chunk, stride=1))
             return ExpertPolicy(self.twin, cfg.chunk.rate_hz), cfg
+        from demuse_ros.paths import resolve_policy
         from demuse_ros.runtime.inference import ModelPolicy
 
-        return ModelPolicy(self.settings.policy, cfg.inference, stride=cfg.chunk.stride), cfg
+        path = resolve_policy(self.settings.policy)
+        return ModelPolicy(path, cfg.inference, stride=cfg.chunk.stride), cfg
 
     def _loop(self) -> None:
         policy = None

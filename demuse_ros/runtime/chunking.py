@@ -217,8 +217,9 @@ def plan_chunk(
     Action ``i`` is timed at ``t_anchor + (i + 1)·dt``; waypoints before the commit
     point ``now + actuation_latency_s`` are dropped; the rest are merged into the
     running plan (:func:`merge_chunk`) and speed-bounded from where the arm will be
-    commanded at the commit point (or from ``state``, the observed pose, when no
-    plan is running). The runtime and the lockstep evaluator both plan with this.
+    commanded at the commit point (from the last target of a plan that has ended,
+    from ``state``, the observed pose, when there is no plan). The runtime and the
+    lockstep evaluator both plan with this.
     """
     chunk = Waypoints(chunk_times(t_anchor_ns, len(actions), cfg.rate_hz), actions)
     t_commit = now_ns + round(cfg.actuation_latency_s * 1e9)
@@ -229,6 +230,10 @@ def plan_chunk(
         return PlannedChunk(None, late, 0)
     if plan is not None and len(plan) and plan.t_ns[-1] > now_ns:
         t_start, start = t_commit, action_at(plan, t_commit)
+    elif plan is not None and len(plan):
+        # The plan has ended: the arm holds its last target (the pose its filter vets
+        # from); the observed state lags it, or differs from it in contact.
+        t_start, start = now_ns, plan.actions[-1]
     else:
         t_start, start = now_ns, state
     bounded, moved = bound_speed(fresh, t_start, start, cfg)
