@@ -202,9 +202,10 @@ def test_the_best_validation_checkpoint_is_kept_and_the_curve_drawn(
     assert metrics["best"] == {"step": 2, "val_loss": 0.4}
     best = json.loads((tmp_path / "best" / "config.json").read_text())["training"]
     assert best["step"] == 2 and best["val_loss"] == 0.4
-    assert DeMUSEPolicy.load(tmp_path / "best").checkpoint.config == DeMUSEPolicy.load(
-        tmp_path
-    ).checkpoint.config
+    assert (
+        DeMUSEPolicy.load(tmp_path / "best").checkpoint.config
+        == DeMUSEPolicy.load(tmp_path).checkpoint.config
+    )
     assert (tmp_path / "training_curve.png").stat().st_size > 10_000
     # a resumed run keeps the best so far: 0.5 and 0.8 are worse than 0.4
     more = train(dataclasses.replace(cfg, steps=6), tmp_path, resume=True, progress=False)
