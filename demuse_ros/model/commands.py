@@ -147,6 +147,12 @@ def add_train_autoencoder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="frames per step (default 32)")
     p.add_argument("--base-channels", type=int, default=16, help="width (default 16)")
     p.add_argument("--latent-channels", type=int, default=4, help="latent channels (default 4)")
+    p.add_argument(
+        "--foreground-weight",
+        type=float,
+        default=0.0,
+        help="extra loss weight of pixels unlike the median frame (default 0: plain loss)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=train_autoencoder)
@@ -170,7 +176,13 @@ def train_autoencoder(args: argparse.Namespace) -> int:
     )
     model = ConvAutoencoder(cfg)
     losses = fit(
-        model, frames, args.steps, args.batch_size, seed=args.seed, progress=not args.no_progress
+        model,
+        frames,
+        args.steps,
+        args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        foreground_weight=args.foreground_weight,
     )
     out = save_autoencoder(args.out, model)
     result = {

@@ -1,4 +1,8 @@
-"""Training curves from ``metrics.jsonl``: loss, action loss and validation loss per step."""
+"""Training curves from ``metrics.jsonl``: loss, action loss and validation loss per step.
+
+``demuse train`` draws ``training_curve.png`` into its run directory; several runs
+share one figure with ``python -m demuse_ros.model.curve RUN [RUN ...] --out PNG``.
+"""
 
 from __future__ import annotations
 
@@ -79,4 +83,23 @@ def plot_training_curves(
     return out
 
 
-__all__ = ["plot_training_curves", "read_metrics"]
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="training curves of one or more runs in one PNG")
+    p.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
+    p.add_argument("--labels", nargs="+", help="one label per run (default: folder names)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--smooth", type=int, default=10, help="logged points averaged (default 10)")
+    args = p.parse_args(argv)
+    try:
+        print(plot_training_curves(args.runs, args.out, args.labels, args.smooth))
+    except (OSError, ValueError, KeyError) as exc:
+        p.error(str(exc))
+    return 0
+
+
+__all__ = ["main", "plot_training_curves", "read_metrics"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -98,6 +98,12 @@ class TrainConfig:
     autoencoder_steps: int = param(
         600, doc="steps when the autoencoder is trained here (~0.3 s each on 2 cores)"
     )
+    autoencoder_foreground_weight: float = param(
+        0.0,
+        doc="when the autoencoder is trained here: extra loss weight of pixels unlike the "
+        "median frame, so small objects survive in the latents (0: plain loss)",
+        range=(0, None),
+    )
     seed: int = param(0, doc="seed of data generation, init, batches and noise")
     device: str = param("cpu", doc="torch device, e.g. cpu or cuda")
     threads: int = param(
@@ -225,7 +231,12 @@ class Trainer:
             ae = ConvAutoencoder(ConvAutoencoderConfig(latent_channels=mcfg.latent_channels))
             log.info("training a conv autoencoder on %d frames", len(frames))
             train_autoencoder(
-                ae, frames, cfg.autoencoder_steps, seed=cfg.seed, progress=self.progress
+                ae,
+                frames,
+                cfg.autoencoder_steps,
+                seed=cfg.seed,
+                progress=self.progress,
+                foreground_weight=cfg.autoencoder_foreground_weight,
             )
         check_autoencoder_fits(ae, self.policy_cfg, cfg.autoencoder or "trained autoencoder")
         return ae.eval()
