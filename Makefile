@@ -1,5 +1,5 @@
 # Two entry points, both for a fresh Debian/Ubuntu machine (see README "Quick start"):
-#   make demo   install, then run the main job on the simulated cell (the closed loop) and the policy model's bench
+#   make demo   install, then run the main job: the shipped policy in the 10 Hz closed loop on the simulated cell
 #   make test   install with the sim, test, model, vae and lerobot extras, then lint and run the whole
 #               test suite
 # Both install what they need: Debian packages (via apt-get, with sudo when not
@@ -29,7 +29,7 @@ venv: system-deps
 
 demo: venv
 	$(PIP) -e '.[sim,model]'
-	$(VENV)/bin/demuse run --sim --policy expert --seconds 60
+	$(VENV)/bin/demuse run --sim --seconds 60
 
 test: venv
 	$(PIP) -e '.[sim,test,model,vae,lerobot]'

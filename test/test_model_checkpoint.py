@@ -185,3 +185,30 @@ def test_nothing_in_the_package_unpickles() -> None:
                     if not safe:
                         offenders.append(f"{path}:{node.lineno}: torch.load without weights_only")
     assert offenders == []
+
+
+def test_latent_standardization_centres_the_scene_and_round_trips(
+    tmp_path: Path, stats: NormalizationStats
+) -> None:
+    """Per-element Z-scores: a constant background element becomes 0 (its scale floored,
+    not 0), a moving object's elements get unit spread; stored and reloaded with the rest;
+    files without ``rgb_latent`` still load."""
+    import dataclasses
+
+    from demuse_ros.model.data import LATENT_STD_FLOOR, latent_stat
+
+    rng = np.random.default_rng(0)
+    z = np.full((200, 2, 2, 2), 3.0)
+    z[:, 0, 0, 0] += rng.normal(0, 0.05, 200)  # a "button": small, moving
+    z[:, 1] = rng.normal(0, 1.4, (200, 2, 2))  # large, varied elements
+    stat = latent_stat(z)
+    normalized = stat.normalize(z.reshape(200, -1))
+    assert np.allclose(normalized.mean(0), 0, atol=1e-5)  # float32 arithmetic
+    assert normalized[:, 7].std() == pytest.approx(1.0, rel=1e-4)
+    assert stat.scale[1] == pytest.approx(LATENT_STD_FLOOR * z.std())  # constant: floored
+    assert normalized[:, 0].std() > 20 * (z[:, 0, 0, 0] / z.std()).std()  # the button stands out
+    with_latents = dataclasses.replace(stats, rgb_latent=stat)
+    with_latents.save(tmp_path / "n.json")
+    assert NormalizationStats.load(tmp_path / "n.json") == with_latents
+    stats.save(tmp_path / "old.json")
+    assert NormalizationStats.load(tmp_path / "old.json").rgb_latent is None

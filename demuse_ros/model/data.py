@@ -233,18 +233,37 @@ class Stat:
         return like.new_tensor(offset), like.new_tensor(scale)  # torch
 
 
+#: Floor of a latent element's standard deviation in :func:`latent_stat`, relative to
+#: the standard deviation of all latents (1 after the autoencoder's scaling).
+LATENT_STD_FLOOR = 0.1
+
+
+def latent_stat(latents: np.ndarray) -> Stat:
+    """Per-element Z-score of ``(N, C, h, w)`` latents; each element's standard deviation
+    is floored at :data:`LATENT_STD_FLOOR` × the overall one, so the nearly constant
+    background is centred, not blown up into noise."""
+    z = np.asarray(latents, dtype=np.float64).reshape(len(latents), -1)
+    floor = LATENT_STD_FLOOR * float(z.std())
+    return Stat("zscore", tuple(z.mean(0).tolist()), tuple(np.maximum(z.std(0), floor).tolist()))
+
+
 @dataclass(frozen=True)
 class NormalizationStats:
     """Normalization stored next to a checkpoint (DESIGN §5, paper C.2).
 
     State and actions are min-max normalized to [−1, 1]; wrench and depth are
     global Z-scores (``depth_m`` one scalar over all pixels, metres).
+    ``rgb_latent`` (optional) is a per-element Z-score of the autoencoder's latents
+    (``C·h·w`` values, see :func:`latent_stat`): the static scene becomes ~0 and what
+    moves in it (a small button, the gripper) stands out instead of being a small
+    perturbation of large, constant latents.
     """
 
     state: Stat
     actions: Stat
     wrench: Stat
     depth_m: Stat
+    rgb_latent: Stat | None = None
 
     @classmethod
     def compute(
@@ -290,7 +309,8 @@ class NormalizationStats:
                     tuple(map(float, data[k]["offset"])),
                     tuple(map(float, data[k]["scale"])),
                 )
-                for k in ("state", "actions", "wrench", "depth_m")
+                for k in ("state", "actions", "wrench", "depth_m", "rgb_latent")
+                if k in data
             }
             return cls(**stats)
         except (KeyError, TypeError, ValueError) as err:
@@ -304,4 +324,5 @@ class NormalizationStats:
         return cls.from_json(json.loads(Path(path).read_text()), str(path))
 
     def _items(self) -> list[tuple[str, Stat]]:
-        return [(k, getattr(self, k)) for k in ("state", "actions", "wrench", "depth_m")]
+        keys = ("state", "actions", "wrench", "depth_m", "rgb_latent")
+        return [(k, getattr(self, k)) for k in keys if getattr(self, k) is not None]

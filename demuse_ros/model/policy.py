@@ -68,10 +68,13 @@ class BatchEncoder:
 
     @torch.no_grad()
     def latents(self, rgb: np.ndarray) -> torch.Tensor:
-        """``(B, n, H, W, 3)`` uint8 frames → ``(B, n·C, h, w)`` scaled latents."""
+        """``(B, n, H, W, 3)`` uint8 frames → ``(B, n·C, h, w)`` scaled latents (per-element
+        Z-scores when the normalization has ``rgb_latent``)."""
         B, n = rgb.shape[:2]
         x = _resize_square(torch.as_tensor(rgb).flatten(0, 1), self.cfg.image_size_px)
         z = self.autoencoder.encode(images_to_tensor(x).to(self.device))  # (B·n, C, h, w)
+        if self.norm.rgb_latent is not None:
+            z = self.norm.rgb_latent.normalize(z.flatten(1)).view_as(z)
         return z.reshape(B, n * z.shape[1], *z.shape[2:])
 
     def depth(self, depth_m: np.ndarray) -> torch.Tensor:

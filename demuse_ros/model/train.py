@@ -44,7 +44,15 @@ from .checkpoint import (
     save_weights,
 )
 from .config import DIFFUSION_PRESETS, PRESETS, DiffusionConfig, ModelConfig, PolicyConfig
-from .data import DATASETS, Episode, EpisodeWindows, NormalizationStats, PolicyDataset
+from .data import (
+    DATASETS,
+    Episode,
+    EpisodeWindows,
+    NormalizationStats,
+    PolicyDataset,
+    Stat,
+    latent_stat,
+)
 from .diffusion import ModelBatch, NoiseSchedule, diffusion_loss
 from .dit import DeMUSE
 from .policy import BatchEncoder
@@ -103,6 +111,11 @@ class TrainConfig:
         doc="when the autoencoder is trained here: extra loss weight of pixels unlike the "
         "median frame, so small objects survive in the latents (0: plain loss)",
         range=(0, None),
+    )
+    standardize_latents: bool = param(
+        False,
+        doc="Z-score every RGB latent element over the training frames (stored with the "
+        "normalization): small moving objects stand out from the static scene",
     )
     seed: int = param(0, doc="seed of data generation, init, batches and noise")
     device: str = param("cpu", doc="torch device, e.g. cpu or cuda")
@@ -210,6 +223,10 @@ class Trainer:
             )
         if self.autoencoder is not None:
             self.autoencoder.to(self.device).requires_grad_(False)
+            if cfg.standardize_latents and self.normalization.rgb_latent is None:
+                self.normalization = dataclasses.replace(
+                    self.normalization, rgb_latent=self._latent_stat(windows["train"])
+                )
         encoder = BatchEncoder(mcfg, self.normalization, self.autoencoder, self.device)
         self.data = {name: _encode_all(encoder, ds) for name, ds in windows.items()}
         self.model = DeMUSE(mcfg).to(self.device)
@@ -240,6 +257,18 @@ class Trainer:
             )
         check_autoencoder_fits(ae, self.policy_cfg, cfg.autoencoder or "trained autoencoder")
         return ae.eval()
+
+    def _latent_stat(self, train: EpisodeWindows, max_frames: int = 4096) -> Stat:
+        frames = np.concatenate([ep.rgb for ep in train.episodes])
+        if len(frames) > max_frames:
+            pick = np.random.default_rng(self.cfg.seed).choice(len(frames), max_frames, False)
+            frames = frames[np.sort(pick)]
+        plain = BatchEncoder(
+            self.policy_cfg.model, self.normalization, self.autoencoder, self.device
+        )
+        batches = range(0, len(frames), 256)
+        z = torch.cat([plain.latents(frames[i : i + 256, None]) for i in batches])
+        return latent_stat(z.cpu().numpy())
 
     # ------------------------------------------------------------ state
     def _save_policy(self, folder: Path, **training: Any) -> None:
