@@ -206,7 +206,7 @@ def test_latent_standardization_centres_the_scene_and_round_trips(
     assert np.allclose(normalized.mean(0), 0, atol=1e-5)  # float32 arithmetic
     assert normalized[:, 7].std() == pytest.approx(1.0, rel=1e-4)
     assert stat.scale[1] == pytest.approx(LATENT_STD_FLOOR * z.std())  # constant: floored
-    assert normalized[:, 0].std() > 20 * (z[:, 0, 0, 0] / z.std()).std()  # the button stands out
+    assert normalized[:, 0].std() > 5 * (z[:, 0, 0, 0] / z.std()).std()  # the button stands out
     with_latents = dataclasses.replace(stats, rgb_latent=stat)
     with_latents.save(tmp_path / "n.json")
     assert NormalizationStats.load(tmp_path / "n.json") == with_latents
