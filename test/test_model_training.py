@@ -225,3 +225,27 @@ def test_training_curves_of_two_runs_share_one_figure(tmp_path: Path) -> None:
     assert out.stat().st_size > 10_000
     with pytest.raises(ValueError, match="labels"):
         plot_training_curves([tmp_path / "a"], tmp_path / "d.png", ["A", "B"])
+
+
+def test_state_noise_perturbs_only_the_training_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state_noise`` jitters the normalized proprio state of training batches (the copycat
+    fix); validation batches and the stored normalization are untouched."""
+    seen: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+    real_loss = train_module.diffusion_loss
+
+    def spy(model, batch, *args, **kwargs):
+        seen["train" if model.training else "eval"].append(batch.state.clone())
+        return real_loss(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    episodes = synthetic_episodes(2, 64, ticks=3, seed=3)
+    for noise in (0.0, 0.5):
+        cfg = TrainConfig(**{**QUICK, "state_noise": noise, "batch_size": 64}, steps=1)
+        train(cfg, tmp_path / str(noise), progress=False, episodes=episodes)
+    clean, noisy = seen["train"]
+    # same batch indices draw (the noise comes after them), different states
+    assert clean.shape == noisy.shape
+    assert 0.3 < float((noisy - clean).std()) < 0.7
+    assert torch.equal(seen["eval"][0], seen["eval"][1])
