@@ -45,6 +45,12 @@ class ModelConfig:
         range=(1, 16),
     )
     rgb_patch: int = param(2, doc="patch size on the RGB latent (paper A.1)", range=(1, 16))
+    rgb_summary: bool = param(
+        False,
+        doc="add a linear read-out of the whole current-frame latent to the proprio/action "
+        "token (not in the paper): where a small object is becomes one matrix product away "
+        "instead of something attention over patch tokens must learn",
+    )
     depth_patch: int = param(
         8,
         doc="patch size on the depth map, taken at the latent resolution (paper A.1)",

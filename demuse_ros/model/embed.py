@@ -55,7 +55,8 @@ class HeterogeneousEmbedding(nn.Module):
       the RGB positional embeddings by a factor of 4").
     * Force: ``Linear(6, d)`` + a fixed sinusoid at its sequence index.
     * Proprio + future actions: one ``Linear(state + H·A, d)`` token + a fixed
-      sinusoid at its sequence index (A.1: "a single conditional token").
+      sinusoid at its sequence index (A.1: "a single conditional token"); with
+      ``rgb_summary`` plus ``Linear(C·h·w, d)`` of the current frame's whole latent.
     """
 
     def __init__(self, cfg: ModelConfig, layout: TokenLayout) -> None:
@@ -81,6 +82,12 @@ class HeterogeneousEmbedding(nn.Module):
                 "force_pos", torch.tensor(pos, dtype=torch.float32), persistent=False
             )
         self.action_proj = nn.Linear(cfg.action_in_dim, d)
+        self.summary_channels = 0
+        if self.has_rgb and cfg.rgb_summary:
+            self.summary_channels = cfg.latent_channels
+            self.rgb_summary = nn.Linear(cfg.latent_channels * cfg.latent_size**2, d)
+            nn.init.zeros_(self.rgb_summary.weight)  # starts as the plain model
+            nn.init.zeros_(self.rgb_summary.bias)
         pos = sincos_1d(d, np.array([layout.segment(ACTION).start]))
         self.register_buffer("action_pos", torch.tensor(pos, dtype=torch.float32), persistent=False)
 
@@ -109,5 +116,8 @@ class HeterogeneousEmbedding(nn.Module):
             tokens.append(x.flatten(2).transpose(1, 2))  # (B, g_d², d)
         if self.has_force:
             tokens.append((self.force_proj(wrench) + self.force_pos)[:, None])  # (B, 1, d)
-        tokens.append((self.action_proj(action) + self.action_pos)[:, None])  # (B, 1, d)
+        act = self.action_proj(action) + self.action_pos  # (B, d)
+        if self.summary_channels:  # the current (clean) frame's latent, read out whole
+            act = act + self.rgb_summary(rgb[:, : self.summary_channels].flatten(1))
+        tokens.append(act[:, None])  # (B, 1, d)
         return torch.cat(tokens, dim=1)  # (B, N, d)
