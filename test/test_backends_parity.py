@@ -100,6 +100,23 @@ def test_onnxruntime_matches_torch_with_mode_routing_and_dust(cache_dir: Path) -
         ort.run_steps(conditions(model, 1), ort.initial_noise(conditions(model, 1)), 0, 3)
 
 
+def test_onnxruntime_matches_torch_with_the_rgb_summary(cache_dir: Path) -> None:
+    """``rgb_summary`` (a linear read-out of the current latent into the action token) is
+    part of the exported graph, and the current latent really reaches the actions."""
+    model = make_model("tiny", rgb_summary=True)
+    assert model.embed.rgb_summary.weight.abs().sum() > 0  # randomized, not the zero init
+    diffusion = DIFFUSION_PRESETS["tiny"]
+    ref = make_denoiser("torch", model, diffusion=diffusion)
+    ort = make_denoiser("onnxruntime", model, diffusion=diffusion, cache_dir=cache_dir)
+    check_parity(ref, ort, model, seeds=(4,))
+    cond = conditions(model, 4)
+    moved = cond._replace(rgb_latent=cond.rgb_latent + 1.0)
+    g = [torch.Generator().manual_seed(0) for _ in range(2)]
+    a = ref.actions(ref.run_steps(cond, ref.initial_noise(cond, g[0]), 0, ref.n_steps))
+    b = ref.actions(ref.run_steps(moved, ref.initial_noise(moved, g[1]), 0, ref.n_steps))
+    assert not torch.allclose(a, b)
+
+
 @pytest.mark.slow
 def test_onnxruntime_matches_torch_cpu_preset(cache_dir: Path) -> None:
     model = make_model("cpu")
