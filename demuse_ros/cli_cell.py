@@ -16,6 +16,7 @@ from demuse_ros.cli_common import (
     _positive_float,
     _print_result,
     _stop_on_sigterm,
+    _with_stride,
 )
 from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
 from demuse_ros.timing.loop import PeriodicLoop
@@ -159,7 +160,9 @@ def _run(args: argparse.Namespace) -> int:
 
     report_dir = args.report_dir or time.strftime("runs/run-%Y%m%d-%H%M%S")
     inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
-    runtime_config = dataclasses.replace(RuntimeConfig(), inference=inference)
+    runtime_config = _with_stride(
+        dataclasses.replace(RuntimeConfig(), inference=inference), args.stride
+    )
     _stop_on_sigterm()
     result = run_sim(
         _load_sim_config(_sim_args(args)),
@@ -199,6 +202,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         help="denoising steps run speculatively before the real observation (0 = sync)",
     )
     p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
+    p.add_argument(
+        "--stride",
+        type=int,
+        help="checkpoint policies: cycles between chunks (default: chunk.stride, 8)",
+    )
     p.add_argument("--cycles", type=int, help="stop after this many 10 Hz cycles")
     p.add_argument("--seconds", type=_positive_float, help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the run's statistics as JSON")

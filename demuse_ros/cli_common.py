@@ -120,3 +120,18 @@ def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. --set task.target_force_n=8 (repeatable)",
     )
+
+
+def _with_stride(runtime_config: Any, stride: int | None) -> Any:
+    """``runtime_config`` with ``chunk.stride`` = ``stride`` (None: unchanged; validated)."""
+    if stride is None:
+        return runtime_config
+    import dataclasses
+
+    from demuse_ros.config import ConfigError
+
+    try:
+        chunk = dataclasses.replace(runtime_config.chunk, stride=stride)
+    except ConfigError as err:
+        raise SystemExit(f"--stride: {err}") from None
+    return dataclasses.replace(runtime_config, chunk=chunk)

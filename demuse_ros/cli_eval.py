@@ -8,7 +8,12 @@ import time
 from typing import Any
 
 from demuse_ros.cli_cell import _add_cell_args, _load_cell_config, _sim_args
-from demuse_ros.cli_common import _load_sim_config, _print_result, _stop_on_sigterm
+from demuse_ros.cli_common import (
+    _load_sim_config,
+    _print_result,
+    _stop_on_sigterm,
+    _with_stride,
+)
 from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
 
 log = logging.getLogger("demuse.eval")
@@ -31,7 +36,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise SystemExit("demuse eval: --episodes must be at least 1")
     inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
-    runtime_config = dataclasses.replace(RuntimeConfig(), inference=inference)
+    runtime_config = _with_stride(
+        dataclasses.replace(RuntimeConfig(), inference=inference), args.stride
+    )
 
     def progress(record: dict[str, Any]) -> None:
         log.info(
@@ -105,6 +112,11 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
         help="realtime mode: inference mode (lockstep always runs synchronously)",
     )
     p.add_argument("--sai-steps", type=int, default=6, help="realtime mode: s_mid")
+    p.add_argument(
+        "--stride",
+        type=int,
+        help="checkpoint policies: cycles between chunks (default: chunk.stride, 8)",
+    )
     p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
     p.add_argument(
         "--max-seconds",
