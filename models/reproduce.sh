@@ -38,8 +38,9 @@ train() {  # name, extra --set arguments...
   [ -f "$W/$name/trainer.json" ] && resume=(--resume)
   demuse train --out "$W/$name" --recordings "$W/demos" --successful-only --no-progress \
     --set threads=1 --set steps=6000 --set model.latent_channels=8 \
+    --set model.rgb_summary=true --set standardize_latents=true \
+    --set state_noise=0.3 --set 'state_noise_dims=[0,1]' \
     --set autoencoder_steps=800 --set autoencoder_foreground_weight=20 \
-    --set standardize_latents=true --set state_noise=0.3 \
     "$@" "${resume[@]}" >>"$W/$name.log" 2>&1
 }
 if [ ! -f "$W/full/training_curve.png" ] || [ ! -f "$W/noforce/training_curve.png" ]; then

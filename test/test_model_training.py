@@ -249,3 +249,12 @@ def test_state_noise_perturbs_only_the_training_states(
     assert clean.shape == noisy.shape
     assert 0.3 < float((noisy - clean).std()) < 0.7
     assert torch.equal(seen["eval"][0], seen["eval"][1])
+    # only the listed dimensions
+    cfg = TrainConfig(
+        **{**QUICK, "state_noise": 0.5, "state_noise_dims": (0, 1), "batch_size": 64}, steps=1
+    )
+    train(cfg, tmp_path / "dims", progress=False, episodes=episodes)
+    moved = (seen["train"][2] - clean).abs().amax(0)
+    assert (moved[:2] > 0.1).all() and (moved[2:] == 0).all()
+    with pytest.raises(ConfigError, match="indices"):
+        TrainConfig(state_noise_dims=(-1,))

@@ -120,6 +120,11 @@ class TrainConfig:
         "to look where the target is (the copycat shortcut)",
         range=(0, None),
     )
+    state_noise_dims: tuple[int, ...] = param(
+        (),
+        doc="state dimensions the noise applies to (empty: all), e.g. [0, 1] for x and y: "
+        "the approach direction, while z stays exact for pressing",
+    )
     standardize_latents: bool = param(
         False,
         doc="Z-score every RGB latent element over the training frames (stored with the "
@@ -136,6 +141,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if any(d < 0 for d in self.state_noise_dims):
+            raise ConfigError("state dimensions are indices from 0", key="state_noise_dims")
         try:  # check the overrides now; from_dict then names the file and the full key
             self.policy_config()
         except ConfigError as err:
@@ -388,6 +395,10 @@ class Trainer:
                 batch = _take(train, idx)
                 if cfg.state_noise:
                     noise = torch.randn(batch.state.shape, device=self.device, generator=self.gen)
+                    if cfg.state_noise_dims:
+                        keep = torch.zeros(batch.state.shape[-1], device=self.device)
+                        keep[list(cfg.state_noise_dims)] = 1.0
+                        noise = noise * keep
                     batch = batch._replace(state=batch.state + cfg.state_noise * noise)
                 terms = diffusion_loss(self.model, batch, self.schedule, dcfg, self.gen)
                 self.opt.zero_grad(set_to_none=True)
