@@ -20,7 +20,7 @@ set -euo pipefail
 
 W=${1:-runs/reproduce}
 EPISODES=${EVAL_EPISODES:-50}
-REALTIME_EPISODES=${REALTIME_EPISODES:-30}
+REALTIME_EPISODES=${REALTIME_EPISODES:-10}
 mkdir -p "$W"
 log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -39,7 +39,7 @@ train() {  # name, extra --set arguments...
   demuse train --out "$W/$name" --recordings "$W/demos" --successful-only --no-progress \
     --set threads=1 --set steps=6000 --set model.latent_channels=8 \
     --set model.rgb_summary=true --set standardize_latents=true \
-    --set state_noise=0.3 --set 'state_noise_dims=[0,1]' \
+    --set state_noise=0.3 \
     --set autoencoder_steps=800 --set autoencoder_foreground_weight=20 \
     "$@" "${resume[@]}" >>"$W/$name.log" 2>&1
 }
