@@ -212,3 +212,20 @@ def test_latent_standardization_centres_the_scene_and_round_trips(
     assert NormalizationStats.load(tmp_path / "n.json") == with_latents
     stats.save(tmp_path / "old.json")
     assert NormalizationStats.load(tmp_path / "old.json").rgb_latent is None
+
+
+def test_the_shipped_default_policy_loads_and_acts() -> None:
+    """models/dispense-cpu (the default of demuse run/eval and policy_node) passes every
+    load check (format, SHA-256, shapes) and turns a frame into a finite chunk."""
+    from demuse_ros.model.policy import DeMUSEPolicy
+    from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
+
+    path = resolve_policy(DEFAULT_POLICY)
+    policy = DeMUSEPolicy.load(path)
+    cfg = policy.checkpoint.config.model
+    assert cfg.rgb_summary and policy.checkpoint.normalization.rgb_latent is not None
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (1, 480, 640, 3), dtype=np.uint8)
+    state = np.array([[-0.65, -0.15, 0.25, -2.2214, -2.2214, 0.0, 0.05]])
+    actions = policy.predict(rgb, np.ones((1, 480, 640)), np.zeros((1, 6)), state, [0])
+    assert actions.shape == (1, cfg.action_horizon, 7) and np.isfinite(actions).all()
