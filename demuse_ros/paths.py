@@ -9,21 +9,23 @@ from pathlib import Path
 _PACKAGE = "demuse_ros"
 
 
-def config_dirs() -> list[Path]:
-    """Candidate folders holding ``config/*.yaml``, most specific first.
-
-    ``$DEMUSE_CONFIG_DIR``; the source checkout next to the package; the
-    ``share/demuse_ros/config`` folder of the Python prefix (pip) and of every
-    ``$AMENT_PREFIX_PATH`` entry (colcon).
-    """
+def _search_dirs(env_var: str, folder: str) -> list[Path]:
+    """``$env_var``; the source checkout's ``folder``; ``share/demuse_ros/<folder>`` of the
+    Python prefix (pip) and of every ``$AMENT_PREFIX_PATH`` entry (colcon)."""
     dirs = []
-    if os.environ.get("DEMUSE_CONFIG_DIR"):
-        dirs.append(Path(os.environ["DEMUSE_CONFIG_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[1] / "config")
-    dirs.append(Path(sys.prefix) / "share" / _PACKAGE / "config")
+    if os.environ.get(env_var):
+        dirs.append(Path(os.environ[env_var]))
+    dirs.append(Path(__file__).resolve().parents[1] / folder)
+    dirs.append(Path(sys.prefix) / "share" / _PACKAGE / folder)
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        dirs.append(Path(prefix) / "share" / _PACKAGE / "config")
+        dirs.append(Path(prefix) / "share" / _PACKAGE / folder)
     return dirs
+
+
+def config_dirs() -> list[Path]:
+    """Candidate folders holding ``config/*.yaml``, most specific first
+    (``$DEMUSE_CONFIG_DIR``, the checkout, pip's and colcon's share folders)."""
+    return _search_dirs("DEMUSE_CONFIG_DIR", "config")
 
 
 def find_config(name: str) -> Path:
@@ -49,19 +51,9 @@ DEFAULT_POLICY = "dispense-cpu"
 
 
 def model_dirs() -> list[Path]:
-    """Folders holding shipped checkpoints (``models/<name>/``), most specific first.
-
-    ``$DEMUSE_MODEL_DIR``; the source checkout's ``models``; ``share/demuse_ros/models``
-    of the Python prefix (pip) and of every ``$AMENT_PREFIX_PATH`` entry (colcon).
-    """
-    dirs = []
-    if os.environ.get("DEMUSE_MODEL_DIR"):
-        dirs.append(Path(os.environ["DEMUSE_MODEL_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[1] / "models")
-    dirs.append(Path(sys.prefix) / "share" / _PACKAGE / "models")
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        dirs.append(Path(prefix) / "share" / _PACKAGE / "models")
-    return dirs
+    """Folders holding shipped checkpoints (``models/<name>/``), most specific first
+    (``$DEMUSE_MODEL_DIR``, the checkout, pip's and colcon's share folders)."""
+    return _search_dirs("DEMUSE_MODEL_DIR", "models")
 
 
 def resolve_policy(policy: str) -> str:
