@@ -10,15 +10,16 @@ from typing import Any
 
 from demuse_ros.cli_common import (
     _add_camera_scale,
+    _add_policy_args,
     _dumps,
     _load_sim_config,
     _parse_overrides,
     _positive_float,
     _print_result,
+    _runtime_config,
     _stop_on_sigterm,
-    _with_stride,
 )
-from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
+from demuse_ros.paths import resolve_policy
 from demuse_ros.timing.loop import PeriodicLoop
 
 
@@ -152,17 +153,10 @@ def _run(args: argparse.Namespace) -> int:
             status["task"],
         )
 
-    import dataclasses
     import time
 
-    from demuse_ros.runtime.inference import InferenceConfig
-    from demuse_ros.runtime.scheduler import RuntimeConfig
-
     report_dir = args.report_dir or time.strftime("runs/run-%Y%m%d-%H%M%S")
-    inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
-    runtime_config = _with_stride(
-        dataclasses.replace(RuntimeConfig(), inference=inference), args.stride
-    )
+    runtime_config = _runtime_config(args)
     _stop_on_sigterm()
     result = run_sim(
         _load_sim_config(_sim_args(args)),
@@ -183,30 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     _add_cell_args(p)
-    p.add_argument(
-        "--policy",
-        default=DEFAULT_POLICY,
-        help=f"a checkpoint folder, a shipped checkpoint's name (default {DEFAULT_POLICY}: "
-        "models/README.md) or 'expert' (the twin's scripted expert, --sim only)",
-    )
-    p.add_argument(
-        "--inference",
-        choices=("sync", "sai"),
-        default="sai",
-        help="checkpoint policies: synchronous or speculative asynchronous inference",
-    )
-    p.add_argument(
-        "--sai-steps",
-        type=int,
-        default=6,
-        help="denoising steps run speculatively before the real observation (0 = sync)",
-    )
-    p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
-    p.add_argument(
-        "--stride",
-        type=int,
-        help="checkpoint policies: cycles between chunks (default: chunk.stride, 8)",
-    )
+    _add_policy_args(p)
     p.add_argument("--cycles", type=int, help="stop after this many 10 Hz cycles")
     p.add_argument("--seconds", type=_positive_float, help="stop after this long")
     p.add_argument("--json", action="store_true", help="print the run's statistics as JSON")

@@ -122,16 +122,53 @@ def _add_sim_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _with_stride(runtime_config: Any, stride: int | None) -> Any:
-    """``runtime_config`` with ``chunk.stride`` = ``stride`` (None: unchanged; validated)."""
-    if stride is None:
-        return runtime_config
+def _add_policy_args(p: argparse.ArgumentParser, *, sim_only_expert: bool = True) -> None:
+    """``--policy``, ``--inference``, ``--sai-steps``, ``--task``, ``--stride`` (demuse run
+    and demuse eval); :func:`_runtime_config` turns them into a ``RuntimeConfig``."""
+    from demuse_ros.paths import DEFAULT_POLICY
+
+    expert = "the twin's scripted expert, --sim only" if sim_only_expert else "the scripted expert"
+    p.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        help=f"a checkpoint folder, a shipped checkpoint's name (default {DEFAULT_POLICY}: "
+        f"models/README.md) or 'expert' ({expert})",
+    )
+    p.add_argument(
+        "--inference",
+        choices=("sync", "sai"),
+        default="sai",
+        help="checkpoint policies in real time: synchronous or speculative asynchronous "
+        "inference (lockstep evaluation always runs synchronously)",
+    )
+    p.add_argument(
+        "--sai-steps",
+        type=int,
+        default=6,
+        help="denoising steps run speculatively before the real observation (0 = sync)",
+    )
+    p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
+    p.add_argument(
+        "--stride",
+        type=int,
+        help="checkpoint policies: cycles between chunks (default: chunk.stride, 8)",
+    )
+
+
+def _runtime_config(args: argparse.Namespace) -> Any:
+    """The default ``RuntimeConfig`` with the :func:`_add_policy_args` choices applied."""
     import dataclasses
 
     from demuse_ros.config import ConfigError
+    from demuse_ros.runtime.inference import InferenceConfig
+    from demuse_ros.runtime.scheduler import RuntimeConfig
 
+    inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
+    config = dataclasses.replace(RuntimeConfig(), inference=inference)
+    if args.stride is None:
+        return config
     try:
-        chunk = dataclasses.replace(runtime_config.chunk, stride=stride)
+        chunk = dataclasses.replace(config.chunk, stride=args.stride)
     except ConfigError as err:
-        raise SystemExit(f"--stride: {err}") from None
-    return dataclasses.replace(runtime_config, chunk=chunk)
+        raise SystemExit(f"--stride {args.stride}: {err.detail}") from None
+    return dataclasses.replace(config, chunk=chunk)

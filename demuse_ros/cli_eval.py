@@ -9,18 +9,18 @@ from typing import Any
 
 from demuse_ros.cli_cell import _add_cell_args, _load_cell_config, _sim_args
 from demuse_ros.cli_common import (
+    _add_policy_args,
     _load_sim_config,
     _print_result,
+    _runtime_config,
     _stop_on_sigterm,
-    _with_stride,
 )
-from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
+from demuse_ros.paths import resolve_policy
 
 log = logging.getLogger("demuse.eval")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from demuse_ros.evaluation.run import (
         evaluate_lockstep,
@@ -28,17 +28,12 @@ def _eval(args: argparse.Namespace) -> int:
         summarize,
         write_outputs,
     )
-    from demuse_ros.runtime.inference import InferenceConfig
-    from demuse_ros.runtime.scheduler import RuntimeConfig
 
     if not args.sim:
         raise SystemExit("demuse eval: evaluates in the simulated cell; add --sim")
     if args.episodes < 1:
         raise SystemExit("demuse eval: --episodes must be at least 1")
-    inference = InferenceConfig(mode=args.inference, sai_steps=args.sai_steps, task=args.task)
-    runtime_config = _with_stride(
-        dataclasses.replace(RuntimeConfig(), inference=inference), args.stride
-    )
+    runtime_config = _runtime_config(args)
 
     def progress(record: dict[str, Any]) -> None:
         log.info(
@@ -85,12 +80,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     from demuse_ros.evaluation.run import EVAL_SEED
 
     _add_cell_args(p)
-    p.add_argument(
-        "--policy",
-        default=DEFAULT_POLICY,
-        help=f"a checkpoint folder, a shipped checkpoint's name (default {DEFAULT_POLICY}) "
-        "or 'expert' (the twin's scripted expert)",
-    )
+    _add_policy_args(p, sim_only_expert=False)
     p.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
     p.add_argument(
         "--mode",
@@ -105,19 +95,6 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
         help=f"placement seed of the first episode (default {EVAL_SEED}, away from "
         "the demonstrations' seeds)",
     )
-    p.add_argument(
-        "--inference",
-        choices=("sync", "sai"),
-        default="sai",
-        help="realtime mode: inference mode (lockstep always runs synchronously)",
-    )
-    p.add_argument("--sai-steps", type=int, default=6, help="realtime mode: s_mid")
-    p.add_argument(
-        "--stride",
-        type=int,
-        help="checkpoint policies: cycles between chunks (default: chunk.stride, 8)",
-    )
-    p.add_argument("--task", type=int, default=0, help="task id the policy is conditioned on")
     p.add_argument(
         "--max-seconds",
         type=float,
