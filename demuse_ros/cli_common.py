@@ -170,5 +170,5 @@ def _runtime_config(args: argparse.Namespace) -> Any:
     try:
         chunk = dataclasses.replace(config.chunk, stride=args.stride)
     except ConfigError as err:
-        raise SystemExit(f"--stride {args.stride}: {err.detail}") from None
+        raise SystemExit(f"--stride {err.detail.lstrip()}") from None
     return dataclasses.replace(config, chunk=chunk)
