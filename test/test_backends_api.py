@@ -159,6 +159,47 @@ def test_onnxruntime_policy_predicts_like_torch_and_splits(
     assert chunk.shape == (1, 4, 7) and np.isfinite(chunk).all()
 
 
+def test_onnxruntime_keeps_every_bound_input_alive_through_the_run(
+    checkpoint: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IOBinding takes addresses: a strided input made contiguous for the binding must
+    live until ``run_with_iobinding`` returns (a freed temporary let the outputs reuse its
+    memory and the chunk came back NaN, now and then)."""
+    import weakref
+
+    from demuse_ros.backends.ort_backend import OnnxRuntimeDenoiser
+
+    policy = BackendPolicy.load(checkpoint, backend="onnxruntime", cache_dir=cache_dir)
+    denoiser = policy.denoiser
+    bound: list[weakref.ref] = []
+    real_bind = OnnxRuntimeDenoiser._bind
+
+    def recording_bind(self, io, name, t, output=False):
+        bound.append(weakref.ref(t))
+        return real_bind(self, io, name, t, output)
+
+    class CheckedSession:
+        def __init__(self, session) -> None:
+            self.session = session
+
+        def __getattr__(self, name: str):
+            return getattr(self.session, name)
+
+        def run_with_iobinding(self, io) -> None:
+            dead = sum(ref() is None for ref in bound)
+            assert bound and dead == 0, f"{dead} of {len(bound)} bound tensors were freed"
+            self.session.run_with_iobinding(io)
+            bound.clear()
+
+    monkeypatch.setattr(OnnxRuntimeDenoiser, "_bind", recording_bind)
+    denoiser._sessions = {k: CheckedSession(s) for k, s in denoiser._sessions.items()}
+    cond = policy.conditions(*observation(5))
+    strided = cond._replace(rgb_latent=cond.rgb_latent.transpose(2, 3))
+    assert not strided.rgb_latent.is_contiguous()
+    out = policy.run_steps(strided, policy.initial_noise(strided), 0, policy.n_steps)
+    assert np.isfinite(policy.unnormalize(out)).all()
+
+
 # ---------------------------------------------------------------------------- ONNX cache
 def synthetic_step_graph(path: Path) -> None:
     """A stand-in for the exported step with its interface: ``x_a_next = x_a · coef[0] +

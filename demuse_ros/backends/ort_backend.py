@@ -245,6 +245,10 @@ class OnnxRuntimeDenoiser(Denoiser):
                 self.session(stop - start)
 
     # ------------------------------------------------------------------ running
+    @staticmethod
+    def input_names(session: Any) -> list[str]:
+        return [i.name for i in session.get_inputs()]
+
     def _bind(self, io: Any, name: str, t: torch.Tensor, output: bool = False) -> None:
         args = (self._device_type, self._device_id, _NP[t.dtype], tuple(t.shape), t.data_ptr())
         (io.bind_output if output else io.bind_input)(name, *args)
@@ -265,9 +269,13 @@ class OnnxRuntimeDenoiser(Denoiser):
             feeds["x_v"] = state.x_v
         rows = self.tables.rows(cond.task, start, stop)
         feeds |= rows if unrolled else {n: t[0] for n, t in rows.items()}
+        # Bound by address: every bound tensor must outlive the run. ``contiguous()`` of a
+        # strided input (the encoder's latent) is a new tensor, so it is kept here; a
+        # temporary would be freed at once and its memory reused by the outputs below.
+        inputs = {name: feeds[name].contiguous() for name in self.input_names(session)}
         io = session.io_binding()
-        for name in (i.name for i in session.get_inputs()):
-            self._bind(io, name, feeds[name].contiguous())
+        for name, t in inputs.items():
+            self._bind(io, name, t)
         like = {
             "x_v_next": state.x_v,
             "x_a_next": state.x_a,
