@@ -155,7 +155,7 @@ def test_onnxruntime_policy_predicts_like_torch_and_splits(
     guess = policy.conditions(*observation(4))
     x = policy.run_steps(guess, policy.initial_noise(guess), 0, 6)
     assert policy.denoiser.predicted_latents(x).shape == (1, 4, 8, 8)
-    chunk = policy.unnormalize(policy.run_steps(real, x, 6, 8))
+    chunk = policy.unnormalize(policy.run_steps(real, x, 6, 8), real)
     assert chunk.shape == (1, 4, 7) and np.isfinite(chunk).all()
 
 
@@ -197,7 +197,7 @@ def test_onnxruntime_keeps_every_bound_input_alive_through_the_run(
     strided = cond._replace(rgb_latent=cond.rgb_latent.transpose(2, 3))
     assert not strided.rgb_latent.is_contiguous()
     out = policy.run_steps(strided, policy.initial_noise(strided), 0, policy.n_steps)
-    assert np.isfinite(policy.unnormalize(out)).all()
+    assert np.isfinite(policy.unnormalize(out, strided)).all()
 
 
 # ---------------------------------------------------------------------------- ONNX cache

@@ -166,6 +166,40 @@ def test_actions_span_minus_one_to_one_and_wrench_is_z_scored() -> None:
     assert abs(wrench[:, 2].mean()) < 1e-5 and abs(wrench[:, 2].std() - 1) < 1e-4
 
 
+def test_delta_actions_are_steps_from_the_observed_pose_and_decode_exactly(
+    tmp_path: Path,
+) -> None:
+    windows = EpisodeWindows(synthetic_episodes(4, 32, ticks=12), 4, 1)
+    stats = NormalizationStats.compute(windows, action_encoding="delta")
+    absolute = NormalizationStats.compute(windows)
+    actions = np.stack([windows[i].actions for i in range(len(windows))])  # (N, H, A)
+    state = np.stack([windows[i].state for i in range(len(windows))])
+    encoded = stats.actions.unnormalize(stats.encode_actions(actions, state))
+    # positions: the first step from the state, then from the previous target
+    np.testing.assert_allclose(encoded[:, 0, :3], actions[:, 0, :3] - state[:, :3], atol=1e-12)
+    np.testing.assert_allclose(encoded[:, 1:, :3], np.diff(actions[:, :, :3], axis=1), atol=1e-12)
+    np.testing.assert_array_equal(encoded[..., 3:], actions[..., 3:])  # the rest as it was
+    # steps span far less than the workspace, so a normalized error is fewer metres
+    assert np.all(np.asarray(stats.actions.scale[:3]) < np.asarray(absolute.actions.scale[:3]))
+    for to in (np.asarray, torch.as_tensor):  # numpy and torch, the same numbers
+        x = stats.encode_actions(to(actions), to(state))
+        back = stats.decode_actions(x, to(state))
+        np.testing.assert_allclose(np.asarray(back), actions, rtol=0, atol=1e-6)  # float32: µm
+    stats.save(tmp_path / "n.json")
+    loaded = NormalizationStats.load(tmp_path / "n.json")
+    assert loaded == stats and loaded.action_encoding == "delta"
+    with pytest.raises(ValueError, match="action_encoding 'velocity'"):
+        NormalizationStats.from_json({**stats.to_json(), "action_encoding": "velocity"})
+
+
+def test_version_1_normalization_reads_as_absolute_actions(stats: NormalizationStats) -> None:
+    old = {**stats.to_json(), "version": 1}
+    del old["action_encoding"]
+    assert NormalizationStats.from_json(old) == stats
+    with pytest.raises(ValueError, match="normalization version 3; this code reads versions 1, 2"):
+        NormalizationStats.from_json({**old, "version": 3})
+
+
 def test_nothing_in_the_package_unpickles() -> None:
     """No pickle imports, and torch.load only with weights_only=True."""
     offenders = []

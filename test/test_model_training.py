@@ -124,12 +124,15 @@ def test_train_autoencoder_command(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_a_handful_of_samples(tmp_path: Path) -> None:
-    """Proof that objective and sampler fit together: after training on two samples, DDIM
-    from fresh noise returns their action chunks with a mean error under 0.1 and a worst
-    element under 0.5 in normalized units ([-1, 1] spans each dimension's range), and
-    every TCP position within 2 mm (measured here: 0.03, 0.23 and 0.6 mm)."""
+@pytest.mark.parametrize("encoding", ["absolute", "delta"])
+def test_tiny_model_overfits_a_handful_of_samples(tmp_path: Path, encoding: str) -> None:
+    """Proof that objective, sampler and action encoding fit together: after training on
+    two samples, DDIM from fresh noise returns their action chunks with a mean error under
+    0.1 and a worst element under 0.5 in normalized units ([-1, 1] spans each dimension's
+    range), and every TCP position within 2 mm (measured here, absolute: 0.03, 0.23 and
+    0.6 mm)."""
     cfg = TrainConfig(
+        action_encoding=encoding,
         preset="tiny",
         episodes=1,
         episode_ticks=2,
@@ -148,7 +151,8 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path: Path) -> None:
     metrics = train(cfg, tmp_path, progress=False)
     assert metrics["loss_action"] < 0.02
     policy = DeMUSEPolicy.load(tmp_path)
-    norm = policy.checkpoint.normalization.actions
+    stats = policy.checkpoint.normalization
+    assert stats.action_encoding == encoding
     errors = []
     for i, s in enumerate(EpisodeWindows(synthetic_episodes(1, 64, ticks=2), 4, 1)):
         actions = policy.predict(
@@ -159,7 +163,8 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path: Path) -> None:
             [s.task],
             generator=torch.Generator().manual_seed(100 + i),
         )[0]
-        errors.append(np.abs(norm.normalize(actions) - norm.normalize(s.actions)))
+        encode = stats.encode_actions
+        errors.append(np.abs(encode(actions, s.state) - encode(s.actions, s.state)))
         position_error_m = np.linalg.norm(actions[:, :3] - s.actions[:, :3], axis=-1)
         assert position_error_m.max() < 0.002, position_error_m
     errors = np.stack(errors)

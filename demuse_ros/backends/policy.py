@@ -10,7 +10,7 @@ step-range API that speculative asynchronous inference uses::
     x = policy.run_steps(cond, policy.initial_noise(cond), 0, s)
     cond = policy.conditions(...)                                    # the real one
     x = policy.run_steps(cond, x, s, policy.n_steps)
-    chunk = policy.unnormalize(x)                                    # (B, H, A), SI units
+    chunk = policy.unnormalize(x, cond)                              # (B, H, A), SI units
 """
 
 from __future__ import annotations
@@ -93,10 +93,14 @@ class BackendPolicy:
         """See :meth:`Denoiser.prepare`: call before the real-time loop."""
         self.denoiser.prepare(ranges)
 
-    def unnormalize(self, state: DenoiseState) -> np.ndarray:
-        """The state's actions ``(B, H, action_dim)`` in the dataset's units."""
+    def unnormalize(self, state: DenoiseState, cond: Conditions) -> np.ndarray:
+        """The state's actions ``(B, H, action_dim)`` in the dataset's units; ``cond``
+        are the conditions it was finished on (delta-encoded positions start from their
+        observed TCP position)."""
+        norm = self.checkpoint.normalization
         actions = self.denoiser.actions(state).float().cpu()
-        return self.checkpoint.normalization.actions.unnormalize(actions).numpy()
+        observed = norm.state.unnormalize(cond.state.float().cpu())
+        return norm.decode_actions(actions, observed).numpy()
 
     # ------------------------------------------------------------ one call
     @torch.inference_mode()
@@ -112,4 +116,4 @@ class BackendPolicy:
         """Denoises one chunk: actions ``(B, H, action_dim)`` in the dataset's units
         (as :meth:`DeMUSEPolicy.predict`)."""
         cond = self.encoder.conditions(rgb, depth_m, wrench, state, task)
-        return self.unnormalize(self.denoiser.sample(cond, generator))
+        return self.unnormalize(self.denoiser.sample(cond, generator), cond)

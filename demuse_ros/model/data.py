@@ -19,7 +19,14 @@ from typing import Any, Protocol
 import numpy as np
 
 NORMALIZATION_FORMAT = "demuse-normalization"
-NORMALIZATION_VERSION = 1
+#: Version 2 added ``action_encoding``; version 1 files (absolute actions) still load.
+NORMALIZATION_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+#: How a chunk's TCP positions (action dims 0..2) are represented to the model:
+#: ``absolute`` base-frame targets, or ``delta``: each target minus the one before it,
+#: the first minus the observed TCP position (state dims 0..2).
+ACTION_ENCODINGS = ("absolute", "delta")
+_POSITION = slice(0, 3)
 _SCALE_FLOOR = 1e-6  # a constant dimension normalizes to 0 instead of dividing by 0
 
 
@@ -257,6 +264,12 @@ class NormalizationStats:
     (``C·h·w`` values, see :func:`latent_stat`): the static scene becomes ~0 and what
     moves in it (a small button, the gripper) stands out instead of being a small
     perturbation of large, constant latents.
+
+    ``action_encoding`` ``delta`` makes the TCP positions of a chunk steps (see
+    :data:`ACTION_ENCODINGS`): a step is at most a few centimetres where the whole
+    workspace is tens, so the same normalized error is several times fewer millimetres
+    (pressing to a force band needs about one). :meth:`encode_actions` and
+    :meth:`decode_actions` convert, given the observed state.
     """
 
     state: Stat
@@ -264,12 +277,25 @@ class NormalizationStats:
     wrench: Stat
     depth_m: Stat
     rgb_latent: Stat | None = None
+    action_encoding: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.action_encoding not in ACTION_ENCODINGS:
+            raise ValueError(
+                f"action_encoding {self.action_encoding!r}: choose one of "
+                + ", ".join(ACTION_ENCODINGS)
+            )
 
     @classmethod
     def compute(
-        cls, dataset: PolicyDataset, max_samples: int = 4096, seed: int = 0
+        cls,
+        dataset: PolicyDataset,
+        max_samples: int = 4096,
+        seed: int = 0,
+        action_encoding: str = "absolute",
     ) -> NormalizationStats:
-        """Statistics over up to ``max_samples`` samples (all when the dataset is smaller)."""
+        """Statistics over up to ``max_samples`` samples (all when the dataset is smaller);
+        the actions' in their ``action_encoding``."""
         n = len(dataset)
         if n == 0:
             raise ValueError("cannot compute normalization statistics of an empty dataset")
@@ -277,30 +303,54 @@ class NormalizationStats:
         if n > max_samples:
             idx = np.random.default_rng(seed).choice(n, max_samples, replace=False)
         samples = [dataset[int(i)] for i in idx]
-        actions = np.concatenate([s.actions for s in samples])  # every future action counts
+        actions = np.stack([s.actions for s in samples]).astype(np.float64)  # (N, H, A)
+        state = np.stack([s.state for s in samples]).astype(np.float64)
+        if action_encoding == "delta":
+            actions = _to_deltas(actions, state)
         depth = np.concatenate([s.depth_m.reshape(-1, 1) for s in samples])
         return cls(
-            state=Stat.minmax(np.stack([s.state for s in samples])),
-            actions=Stat.minmax(actions),
+            state=Stat.minmax(state),
+            actions=Stat.minmax(actions.reshape(-1, actions.shape[-1])),  # every future action
             wrench=Stat.zscore(np.stack([s.wrench for s in samples])),
             depth_m=Stat.zscore(depth),
+            action_encoding=action_encoding,
         )
+
+    def encode_actions(self, actions: Any, state: Any) -> Any:
+        """Absolute ``(…, H, A)`` actions → the model's normalized targets, given the
+        observed ``(…, S)`` state they follow (numpy or torch, same type back)."""
+        if self.action_encoding == "delta":
+            actions = _to_deltas(actions, state)
+        return self.actions.normalize(actions)
+
+    def decode_actions(self, x: Any, state: Any) -> Any:
+        """The model's normalized ``(…, H, A)`` output → absolute actions, given the
+        observed ``(…, S)`` state (unnormalized) the chunk starts from."""
+        actions = self.actions.unnormalize(x)
+        if self.action_encoding == "delta":
+            actions = _from_deltas(actions, state)
+        return actions
 
     def to_json(self) -> dict[str, Any]:
         body = {
             k: {"kind": s.kind, "offset": list(s.offset), "scale": list(s.scale)}
             for k, s in self._items()
         }
-        return {"format": NORMALIZATION_FORMAT, "version": NORMALIZATION_VERSION, **body}
+        return {
+            "format": NORMALIZATION_FORMAT,
+            "version": NORMALIZATION_VERSION,
+            "action_encoding": self.action_encoding,
+            **body,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "<dict>") -> NormalizationStats:
         if data.get("format") != NORMALIZATION_FORMAT:
             raise ValueError(f"{source}: not a {NORMALIZATION_FORMAT} file")
-        if data.get("version") != NORMALIZATION_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"{source}: normalization version {data.get('version')!r}; this code reads "
-                f"version {NORMALIZATION_VERSION}"
+                f"versions {', '.join(map(str, _READABLE_VERSIONS))}"
             )
         try:
             stats = {
@@ -312,7 +362,7 @@ class NormalizationStats:
                 for k in ("state", "actions", "wrench", "depth_m", "rgb_latent")
                 if k in data
             }
-            return cls(**stats)
+            return cls(**stats, action_encoding=str(data.get("action_encoding", "absolute")))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: malformed normalization statistics ({err!r})") from err
 
@@ -326,3 +376,22 @@ class NormalizationStats:
     def _items(self) -> list[tuple[str, Stat]]:
         keys = ("state", "actions", "wrench", "depth_m", "rgb_latent")
         return [(k, getattr(self, k)) for k in keys if getattr(self, k) is not None]
+
+
+def _to_deltas(actions: Any, state: Any) -> Any:
+    """Positions of ``(…, H, A)`` actions as steps: each minus the previous, the first
+    minus the state's position (numpy or torch)."""
+    out = actions.copy() if isinstance(actions, np.ndarray) else actions.clone()
+    pos = actions[..., _POSITION]
+    out[..., 0, _POSITION] = pos[..., 0, :] - state[..., _POSITION]
+    out[..., 1:, _POSITION] = pos[..., 1:, :] - pos[..., :-1, :]
+    return out
+
+
+def _from_deltas(actions: Any, state: Any) -> Any:
+    """Inverse of :func:`_to_deltas`: positions are the state's plus the running sum."""
+    out = actions.copy() if isinstance(actions, np.ndarray) else actions.clone()
+    steps = actions[..., _POSITION]
+    cumsum = np.cumsum(steps, axis=-2) if isinstance(steps, np.ndarray) else steps.cumsum(-2)
+    out[..., _POSITION] = state[..., None, _POSITION] + cumsum
+    return out

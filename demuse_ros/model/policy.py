@@ -86,14 +86,17 @@ class BatchEncoder:
     def batch(self, samples: Sequence[PolicySample]) -> ModelBatch:
         """Training batch from raw samples (clean targets, normalized)."""
         mods = self.cfg.modalities
+        state = self._t(np.stack([s.state for s in samples]))
         return ModelBatch(
             rgb_latents=self.latents(np.stack([s.rgb for s in samples])) if "rgb" in mods else None,
             depth=self.depth(np.stack([s.depth_m for s in samples])) if "depth" in mods else None,
             wrench=self.norm.wrench.normalize(self._t(np.stack([s.wrench for s in samples])))
             if "force" in mods
             else None,
-            state=self.norm.state.normalize(self._t(np.stack([s.state for s in samples]))),
-            actions=self.norm.actions.normalize(self._t(np.stack([s.actions for s in samples]))),
+            state=self.norm.state.normalize(state),
+            actions=self.norm.encode_actions(
+                self._t(np.stack([s.actions for s in samples])), state
+            ),
             task=torch.as_tensor([s.task for s in samples], dtype=torch.long, device=self.device),
         )
 
@@ -156,4 +159,6 @@ class DeMUSEPolicy:
         """Denoises one chunk: actions ``(B, H, action_dim)`` in the dataset's units."""
         cond = self.encoder.conditions(rgb, depth_m, wrench, state, task)
         _, actions = self.sampler.sample(cond, generator=generator)
-        return self.checkpoint.normalization.actions.unnormalize(actions).cpu().numpy()
+        norm = self.checkpoint.normalization
+        observed = norm.state.unnormalize(cond.state)  # as BackendPolicy.unnormalize
+        return norm.decode_actions(actions, observed).cpu().numpy()

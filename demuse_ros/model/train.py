@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .config import DIFFUSION_PRESETS, PRESETS, DiffusionConfig, ModelConfig, PolicyConfig
 from .data import (
+    ACTION_ENCODINGS,
     DATASETS,
     Episode,
     EpisodeWindows,
@@ -124,6 +125,12 @@ class TrainConfig:
         (),
         doc="state dimensions the noise applies to (empty: all), e.g. [0, 1] for x and y: "
         "the approach direction, while z stays exact for pressing",
+    )
+    action_encoding: str = param(
+        "absolute",
+        doc="TCP positions of the action targets: absolute, or delta (steps from the "
+        "observed pose; millimetre precision for pressing, see NormalizationStats)",
+        choices=ACTION_ENCODINGS,
     )
     standardize_latents: bool = param(
         False,
@@ -232,7 +239,9 @@ class Trainer:
             saved = load_policy(self.out)
             self.normalization, self.autoencoder = saved.normalization, saved.autoencoder
         else:
-            self.normalization = NormalizationStats.compute(windows["train"])
+            self.normalization = NormalizationStats.compute(
+                windows["train"], action_encoding=cfg.action_encoding
+            )
             self.autoencoder = (
                 self._autoencoder(windows["train"]) if "rgb" in mcfg.modalities else None
             )

@@ -233,7 +233,7 @@ class ModelPolicy:
         devs = []
         with torch.inference_mode():
             for cond, k, actions in self._records:
-                sync = self.policy.unnormalize(self._finish(cond, None, k))[0]
+                sync = self.policy.unnormalize(self._finish(cond, None, k), cond)[0]
                 devs.append(np.linalg.norm(sync[:, :3] - actions[:, :3], axis=1))
         d = np.concatenate(devs)
         return {"mean_m": float(d.mean()), "max_m": float(d.max()), "chunks": len(devs)}
@@ -257,7 +257,7 @@ class ModelPolicy:
             cond = self._conditions(obs)
             t_cond = time.perf_counter_ns()
             state = self._finish(cond, speculation, k)
-            actions = self.policy.unnormalize(state)[0].astype(np.float64)
+            actions = self.policy.unnormalize(state, cond)[0].astype(np.float64)
         t_end = time.perf_counter_ns()
         blocking_ms = (t_end - t0_ns) / 1e6
         # where the blocking time went: queued behind the worker, encoding, denoising
