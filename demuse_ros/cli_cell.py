@@ -241,7 +241,7 @@ def _add_bench_loop(p: argparse.ArgumentParser) -> None:
     _add_cell_args(p)
     p.add_argument(
         "--policy",
-        help="checkpoint folder (default: a small cpu-preset checkpoint trained once and cached)",
+        help="checkpoint folder or shipped name (default dispense-cpu: models/README.md)",
     )
     p.add_argument("--cycles", type=int, default=600, help="cycles per mode (default 600)")
     p.add_argument("--sai-steps", type=int, default=6, help="speculative steps (default 6)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,25 @@ def test_checkpoint_closed_loop_in_the_twin(checkpoint: str, tmp_path) -> None:
     assert arm["chunks_accepted"] + arm["chunks_rejected"] == result["chunks_sent"]
     assert result["sai_action_dev"]["chunks"] >= 1
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+@pytest.mark.slow
+def test_bench_loop_runs_the_shipped_policy_by_default() -> None:
+    """`demuse bench loop --sim` without --policy times the checkpoint operators run."""
+    pytest.importorskip("mujoco", reason="needs the sim extra")
+    pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
+    from demuse_ros.bench import loop_bench
+    from demuse_ros.twin.runner import SimConfig
+    from demuse_ros.twin.ur_servers import URServersConfig
+
+    host = "127.0.0.86"
+    base = SimConfig()
+    sim = replace(
+        base,
+        ur_servers=URServersConfig(host=host),
+        modbus=replace(base.modbus, host=host, port=5086),
+    )
+    result = loop_bench.run(20, sim)
+    assert Path(result["checkpoint"]).name == "dispense-cpu"
+    assert result["cycles"] == 20 and result["chunks_sent_sai"] >= 1
+    assert math.isfinite(result["blocking_reduction"])

@@ -9,43 +9,21 @@ figure), and ``sai_action_dev``: how far SAI's chunks lie from synchronous
 denoising of the same observations with the same noise (TCP position, mean and
 max over all waypoints, in mm).
 
-Without ``--policy`` a small ``cpu``-preset checkpoint is trained once on
-synthetic data (about a minute) and cached: its actions are meaningless for the
-twin's task (the arm holds when the safety filter refuses them), but its
-compute is the ``cpu`` preset's, which is what this benchmark times.
+Without ``--policy`` it runs the shipped default policy (``dispense-cpu``,
+models/README.md): the ``cpu`` preset's compute, with actions that mean something
+for the twin's task.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from demuse_ros.runtime.inference import InferenceConfig
 from demuse_ros.runtime.scheduler import RuntimeConfig
 
 BLOCKING_REDUCTION_GOAL = 0.5
-
-
-def cached_bench_checkpoint() -> str:
-    """A briefly trained ``cpu``-preset checkpoint in the user cache (built once)."""
-    from demuse_ros.model.train import TrainConfig, train
-
-    cache = Path(os.environ.get("DEMUSE_CACHE_DIR", Path.home() / ".cache" / "demuse_ros"))
-    out = cache / "bench_loop_cpu_checkpoint"
-    if not (out / "model.safetensors").is_file():
-        cfg = TrainConfig(
-            preset="cpu",
-            episodes=8,
-            steps=20,
-            autoencoder_steps=20,
-            val_every=0,
-            checkpoint_every=20,
-        )
-        train(cfg, out, resume=(out / "trainer.json").is_file(), progress=False)
-    return str(out)
 
 
 def run(
@@ -56,9 +34,10 @@ def run(
     cell_config: Any = None,
     sai_steps: int = 6,
 ) -> dict[str, Any]:
+    from demuse_ros.paths import DEFAULT_POLICY, resolve_policy
     from demuse_ros.runtime.runner import run_sim
 
-    folder = policy or cached_bench_checkpoint()
+    folder = resolve_policy(policy or DEFAULT_POLICY)
     results = {}
     for mode in ("sync", "sai"):
         runtime = dataclasses.replace(
@@ -103,4 +82,4 @@ def run(
     }
 
 
-__all__ = ["cached_bench_checkpoint", "run"]
+__all__ = ["run"]
