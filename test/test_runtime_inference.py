@@ -158,22 +158,27 @@ def test_sai_blocks_for_fewer_steps(checkpoint: str) -> None:
         sai.close()
 
 
+def loopback_sim(host: str, modbus_port: int):
+    """The default twin on its own loopback address, so tests do not share ports."""
+    from demuse_ros.twin.runner import SimConfig
+    from demuse_ros.twin.ur_servers import URServersConfig
+
+    base = SimConfig()
+    return replace(
+        base,
+        ur_servers=URServersConfig(host=host),
+        modbus=replace(base.modbus, host=host, port=modbus_port),
+    )
+
+
 @pytest.mark.slow
 def test_checkpoint_closed_loop_in_the_twin(checkpoint: str, tmp_path) -> None:
     pytest.importorskip("mujoco", reason="needs the sim extra")
     pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
     from demuse_ros.runtime.runner import run_sim
     from demuse_ros.runtime.scheduler import RuntimeConfig
-    from demuse_ros.twin.runner import SimConfig
-    from demuse_ros.twin.ur_servers import URServersConfig
 
-    host = "127.0.0.85"
-    base = SimConfig()
-    sim = replace(
-        base,
-        ur_servers=URServersConfig(host=host),
-        modbus=replace(base.modbus, host=host, port=5085),
-    )
+    sim = loopback_sim("127.0.0.85", 5085)
     runtime = replace(RuntimeConfig(), inference=InferenceConfig(mode="sai", sai_steps=4))
     result = run_sim(
         sim,
@@ -200,17 +205,8 @@ def test_bench_loop_runs_the_shipped_policy_by_default() -> None:
     pytest.importorskip("mujoco", reason="needs the sim extra")
     pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")
     from demuse_ros.bench import loop_bench
-    from demuse_ros.twin.runner import SimConfig
-    from demuse_ros.twin.ur_servers import URServersConfig
 
-    host = "127.0.0.86"
-    base = SimConfig()
-    sim = replace(
-        base,
-        ur_servers=URServersConfig(host=host),
-        modbus=replace(base.modbus, host=host, port=5086),
-    )
-    result = loop_bench.run(20, sim)
+    result = loop_bench.run(20, loopback_sim("127.0.0.86", 5086))
     assert Path(result["checkpoint"]).name == "dispense-cpu"
     assert result["cycles"] == 20 and result["chunks_sent_sai"] >= 1
     assert math.isfinite(result["blocking_reduction"])
