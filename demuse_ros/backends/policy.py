@@ -95,12 +95,8 @@ class BackendPolicy:
 
     def unnormalize(self, state: DenoiseState, cond: Conditions) -> np.ndarray:
         """The state's actions ``(B, H, action_dim)`` in the dataset's units; ``cond``
-        are the conditions it was finished on (delta-encoded positions start from their
-        observed TCP position)."""
-        norm = self.checkpoint.normalization
-        actions = self.denoiser.actions(state).float().cpu()
-        observed = norm.state.unnormalize(cond.state.float().cpu())
-        return norm.decode_actions(actions, observed).numpy()
+        are the conditions it was finished on (:meth:`BatchEncoder.chunk`)."""
+        return self.encoder.chunk(self.denoiser.actions(state), cond)
 
     # ------------------------------------------------------------ one call
     @torch.inference_mode()

@@ -120,6 +120,14 @@ class BatchEncoder:
             task=torch.as_tensor(list(task), dtype=torch.long, device=self.device),
         )
 
+    def chunk(self, actions: torch.Tensor, cond: Conditions) -> np.ndarray:
+        """Denoised ``(B, H, A)`` actions → the chunk in SI units; ``cond`` are the
+        conditions they were denoised on (delta-encoded positions start from their
+        observed TCP position)."""
+        actions = actions.float().cpu()
+        observed = self.norm.state.unnormalize(cond.state.float().cpu())
+        return self.norm.decode_actions(actions, observed).numpy()
+
 
 class DeMUSEPolicy:
     """A loaded checkpoint + sampler: current observation → action chunk in SI units."""
@@ -159,6 +167,4 @@ class DeMUSEPolicy:
         """Denoises one chunk: actions ``(B, H, action_dim)`` in the dataset's units."""
         cond = self.encoder.conditions(rgb, depth_m, wrench, state, task)
         _, actions = self.sampler.sample(cond, generator=generator)
-        norm = self.checkpoint.normalization
-        observed = norm.state.unnormalize(cond.state)  # as BackendPolicy.unnormalize
-        return norm.decode_actions(actions, observed).cpu().numpy()
+        return self.encoder.chunk(actions, cond)
