@@ -241,7 +241,7 @@ def test_unroll_onnx_chains_the_steps_and_shares_the_weights(tmp_path: Path) -> 
     import onnx
     import onnxruntime as ort
 
-    from demuse_ros.model.export import unroll_onnx
+    from demuse_ros.model.sampler_export import unroll_onnx
 
     synthetic_step_graph(tmp_path / "step.onnx")
     unroll_onnx(tmp_path / "step.onnx", 3, tmp_path / "steps3.onnx")
@@ -329,7 +329,7 @@ def test_external_weights_are_shared_by_the_unrolled_graph(tmp_path: Path) -> No
     unrolled graph points at the same data file and computes the same chunk."""
     import onnxruntime as ort
 
-    from demuse_ros.model.export import (
+    from demuse_ros.model.sampler_export import (
         SamplerStep,
         SamplerSteps,
         export_sampler_onnx,

@@ -30,7 +30,7 @@ from _backend_helpers import check_parity, check_split, conditions, make_model  
 
 from demuse_ros.backends import make_denoiser  # noqa: E402
 from demuse_ros.model.diffusion import DDIMSampler  # noqa: E402
-from demuse_ros.model.export import (  # noqa: E402
+from demuse_ros.model.sampler_export import (  # noqa: E402
     SamplerStep,
     SamplerSteps,
     ddim_coefficients,

@@ -1,7 +1,7 @@
 """The sampler's ONNX graphs on disk, exported once per model and reused across processes.
 
 Exporting the fused sampler step takes seconds (the dynamo exporter); unrolling it into
-a k-step graph (:func:`~demuse_ros.model.export.unroll_onnx`) well under one. Both live
+a k-step graph (:func:`~demuse_ros.model.sampler_export.unroll_onnx`) well under one. Both live
 in ``<cache>/onnx/<model digest>/`` with a key file listing each graph's SHA-256, which
 is checked before a graph is used (and which keys the TensorRT engines built from it).
 The digest covers the weights, the model config, the batch, the DDIM clipping (baked
@@ -28,7 +28,7 @@ import torch
 from demuse_ros.config import to_dict
 from demuse_ros.model.diffusion import DDIMSampler
 from demuse_ros.model.dit import DeMUSE
-from demuse_ros.model.export import export_sampler_onnx, unroll_onnx
+from demuse_ros.model.sampler_export import export_sampler_onnx, unroll_onnx
 
 from .engine_cache import atomic_write, cache_root, sha256_file
 

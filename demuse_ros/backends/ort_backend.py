@@ -23,7 +23,7 @@ import torch
 from demuse_ros.model.config import DiffusionConfig
 from demuse_ros.model.diffusion import Conditions
 from demuse_ros.model.dit import DeMUSE
-from demuse_ros.model.export import sampler_output_names
+from demuse_ros.model.sampler_export import sampler_output_names
 
 from .artifacts import SamplerGraphs
 from .base import BackendUnavailable, Denoiser, DenoiseState

@@ -1,4 +1,4 @@
-"""Host-side inputs of the sampler graphs (:class:`~demuse_ros.model.export.SamplerStep`).
+"""Host-side inputs of the sampler graphs (:class:`~demuse_ros.model.sampler_export.SamplerStep`).
 
 The graph backends (compiled torch, onnxruntime, TensorRT) run one fixed-shape graph
 per step (or per unrolled step range) and feed it, besides the observation and the
@@ -14,7 +14,7 @@ import torch
 
 from demuse_ros.model.diffusion import Conditions, DDIMSampler
 from demuse_ros.model.dit import DeMUSE
-from demuse_ros.model.export import ddim_coefficients, slot_tables
+from demuse_ros.model.sampler_export import ddim_coefficients, slot_tables
 
 #: Conditions field -> graph input name.
 COND_INPUTS = {"rgb_latent": "rgb_latent", "depth": "depth", "wrench": "wrench", "state": "state"}

@@ -4,7 +4,7 @@
   (with its per-step caches and, for the noise router, MoDE's fused experts): the
   numbers every other backend is checked against.
 * :class:`CompiledTorchDenoiser` compiles the fused sampler step
-  (:class:`~demuse_ros.model.export.SamplerStep`: denoiser + DDIM update, fed the
+  (:class:`~demuse_ros.model.sampler_export.SamplerStep`: denoiser + DDIM update, fed the
   precomputed per-step tables) with ``torch.compile``; on a GPU it adds CUDA graphs
   (``mode="reduce-overhead"``) and optional fp16/bf16 autocast.
 """
@@ -19,7 +19,7 @@ import torch
 from demuse_ros.model.config import DiffusionConfig
 from demuse_ros.model.diffusion import Conditions
 from demuse_ros.model.dit import DeMUSE
-from demuse_ros.model.export import SamplerStep
+from demuse_ros.model.sampler_export import SamplerStep
 
 from .base import BackendUnavailable, Denoiser, DenoiseState
 from .tables import StepTables, cond_inputs
