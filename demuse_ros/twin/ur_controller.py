@@ -8,7 +8,7 @@ main loop on the input registers, step the active motion generator
 ``plant.set_joint_setpoint``. It never steps the plant and never reads a clock: the
 runner does ``controller.tick(); plant.step(period); servers.publish()``.
 
-Script emulation (:class:`~demuse_ros.twin.ur_rtde_protocol.ControlScriptEmulation`,
+Script emulation (:class:`~demuse_ros.twin.ur_control_script.ControlScriptEmulation`,
 hardware.md §1.7; register indices + the offset 0/24 parsed from the upload):
 ``cmd = input_int_register_0``; real-time commands are processed every cycle while
 the register holds them (``output_int_register_0`` = 1); cmd 0 clears
@@ -76,6 +76,7 @@ import numpy as np
 from demuse_ros.config import param, validate_fields
 from demuse_ros.kinematics import MODELS, IKError, URKinematics
 from demuse_ros.twin.interface import PERSONALITIES, Personality, Plant
+from demuse_ros.twin.ur_control_script import ControlScriptEmulation
 from demuse_ros.twin.ur_motion import Freedrive, Motion, StopJoint
 from demuse_ros.twin.ur_rtde_protocol import (
     INPUT_SLOTS,
@@ -83,7 +84,6 @@ from demuse_ros.twin.ur_rtde_protocol import (
     PAUSED,
     PLAYING,
     STOPPED,
-    ControlScriptEmulation,
     URSnapshot,
 )
 
