@@ -228,6 +228,22 @@ def test_trace_report_and_dashboard_render(tmp_path) -> None:
     assert "cycles 5" in text and "servo 125.0 Hz" in text
 
 
+def test_an_episode_outlives_its_policy_until_the_task_sees_the_end() -> None:
+    from types import SimpleNamespace
+
+    from demuse_ros.runtime.policies import EpisodeEnd
+
+    policy = SimpleNamespace(done=False)
+    end = EpisodeEnd(grace_cycles=20)
+    assert not end.reached(10, {"done": False}, policy)
+    policy.done = True  # last command sent; the arm has not lifted yet
+    assert not end.reached(20, {"done": False}, policy)
+    assert not end.reached(30, {"done": False}, policy)
+    assert end.reached(30, {"done": True}, policy)  # the task saw it: stop now
+    assert end.reached(40, {"done": False}, policy)  # or after the grace, whatever happened
+    assert end.reached(1, {"done": True}, SimpleNamespace())  # a model policy: the task decides
+
+
 # ---------------------------------------------------------------------- closed loop
 pytest.importorskip("mujoco", reason="needs the sim extra: pip install -e '.[sim]'")
 pytest.importorskip("rtde_control", reason="needs ur_rtde 1.6.5")

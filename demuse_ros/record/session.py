@@ -30,6 +30,7 @@ from demuse_ros.record.keyboard import Keyboard
 from demuse_ros.record.messages import CameraIntrinsics
 from demuse_ros.record.meta import EpisodeMeta
 from demuse_ros.record.recorder import Recorder, RecorderConfig
+from demuse_ros.runtime.policies import EpisodeEnd
 from demuse_ros.timing.clock import now_ns
 
 log = logging.getLogger("demuse.record")
@@ -227,13 +228,14 @@ class _Session:
         self.new_runtime()
         self.start()
         end = time.monotonic() + seconds if seconds else math.inf
+        episode_end = EpisodeEnd()
         while time.monotonic() < end:
             self.runtime.cycle()
             if self.runtime.cycles % 10 == 0:
                 task = self.twin.call("task_status")
                 if report is not None:
                     report(self.status(task))
-                if until_done and (task.get("done") or self.policy.done):
+                if until_done and episode_end.reached(self.runtime.cycles, task, self.policy):
                     break
         with contextlib.suppress(RuntimeError):
             self.cell.arm.stop_motion()

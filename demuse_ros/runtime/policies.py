@@ -138,10 +138,37 @@ class ExpertPolicy:
         return chunk
 
 
+class EpisodeEnd:
+    """When an automatic episode ends: the task says it is done, or the policy has been
+    done for ``grace_cycles`` cycles.
+
+    A policy is done when it has *sent* its last command; the arm executes it a tick or
+    two later and the task observes the result after that (the scripted expert's lift
+    ends the press, and only then does the task count a success). Stopping at the
+    policy's word cut such episodes short under load: recorded as failures, or failing
+    the closed-loop test.
+    """
+
+    def __init__(self, grace_cycles: int = 20) -> None:
+        self.grace_cycles = grace_cycles
+        self._policy_done_at: int | None = None
+
+    def reached(self, cycles: int, task: dict[str, Any], policy: Any) -> bool:
+        if task.get("done"):
+            return True
+        if not getattr(policy, "done", False):
+            self._policy_done_at = None
+            return False
+        if self._policy_done_at is None:
+            self._policy_done_at = cycles
+        return cycles - self._policy_done_at >= self.grace_cycles
+
+
 __all__ = [
     "ROTVEC_REFERENCE_RAD",
     "ChunkRequest",
     "DoneRequest",
+    "EpisodeEnd",
     "ExpertPolicy",
     "Policy",
     "canonical_pose",

@@ -18,6 +18,7 @@ from typing import Any
 
 from demuse_ros.drivers.cell import Cell, CellConfig, sim_cell_config
 from demuse_ros.runtime.dashboard import Dashboard, status_of
+from demuse_ros.runtime.policies import EpisodeEnd
 from demuse_ros.runtime.report import write_report
 from demuse_ros.runtime.scheduler import Runtime, RuntimeConfig
 from demuse_ros.timing.realtime import set_normal_priority, set_realtime_priority
@@ -80,6 +81,7 @@ def run_sim(
         else:
             runtime = Runtime(cell, pol, runtime_config)
         task: dict[str, Any] = {}
+        episode_end = EpisodeEnd()
         interrupted = False
         board = stack.enter_context(Dashboard()) if dashboard else None
         # Last, so no thread created above inherits it: the control thread real-time.
@@ -94,7 +96,7 @@ def run_sim(
                         board.update(status)
                     if report is not None:
                         report(status)
-                    if stop_when_done and (task.get("done") or getattr(pol, "done", False)):
+                    if stop_when_done and episode_end.reached(runtime.cycles, task, pol):
                         break
         except KeyboardInterrupt:
             interrupted = True
