@@ -359,3 +359,44 @@ def test_external_weights_are_shared_by_the_unrolled_graph(tmp_path: Path) -> No
     np.testing.assert_allclose(
         got[0], ref[0].numpy(), rtol=1e-5, atol=1e-5 * float(ref[0].abs().max())
     )
+
+
+def test_wrench_history_model_runs_on_onnxruntime_like_torch(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """``model.wrench_history`` widens the force token's input (6·K) through the ONNX
+    export; a wrench of one tick is refused with what the model takes."""
+    from dataclasses import replace
+
+    k = 3
+    episodes = synthetic_episodes(2, 64, ticks=6)
+    for i, ep in enumerate(episodes):  # every axis varies: sane Z-scores
+        ep.wrench[:] = np.random.default_rng(i).normal(0, 5, ep.wrench.shape)
+    stats = NormalizationStats.compute(EpisodeWindows(episodes, 4, 1, wrench_history=k))
+    cfg = preset("tiny")
+    cfg = replace(  # x0 clipping off: random weights would pin every action to the clip
+        cfg,
+        model=replace(cfg.model, wrench_history=k),
+        diffusion=replace(cfg.diffusion, clip_action_x0=0.0),
+    )
+    torch.manual_seed(0)
+    model = randomize(DeMUSE(cfg.model))
+    ae = randomize(ConvAutoencoder(ConvAutoencoderConfig(base_channels=4)))
+    folder = save_policy(tmp_path / "k3", model.state_dict(), cfg, stats, ae)
+    reference = BackendPolicy.load(folder, backend="torch")
+    policy = BackendPolicy.load(folder, backend="onnxruntime", cache_dir=cache_dir)
+    rgb, depth, wrench, state, task = observation(5)
+    history = np.concatenate([wrench * 0.0, wrench * 0.5, wrench], axis=1)  # (1, 18)
+    a = reference.predict(rgb, depth, history, state, task, torch.Generator().manual_seed(1))
+    b = policy.predict(rgb, depth, history, state, task, torch.Generator().manual_seed(1))
+    span = float(np.max(policy.checkpoint.normalization.actions.scale))
+    np.testing.assert_allclose(b, a, rtol=0, atol=span * 2e-4)
+    # each tick is normalized alike, oldest first, the current one last
+    cond = policy.conditions(rgb, depth, history, state, task).wrench
+    assert cond.shape == (1, 18)
+    w = torch.as_tensor(wrench, dtype=torch.float32)
+    torch.testing.assert_close(cond[:, 12:], stats.wrench.normalize(w))
+    torch.testing.assert_close(cond[:, 6:12], stats.wrench.normalize(0.5 * w))
+    torch.testing.assert_close(cond[:, :6], stats.wrench.normalize(0.0 * w))
+    with pytest.raises(ValueError, match=r"\(batch, 18\).*wrench_history"):
+        policy.predict(rgb, depth, wrench, state, task)

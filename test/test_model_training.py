@@ -18,7 +18,11 @@ from safetensors.torch import load_file  # noqa: E402
 
 from demuse_ros.cli import main  # noqa: E402
 from demuse_ros.model import train as train_module  # noqa: E402
-from demuse_ros.model.data import EpisodeWindows, synthetic_episodes  # noqa: E402
+from demuse_ros.model.data import (  # noqa: E402
+    EpisodeWindows,
+    NormalizationStats,
+    synthetic_episodes,
+)
 from demuse_ros.model.policy import DeMUSEPolicy  # noqa: E402
 from demuse_ros.model.train import TrainConfig, lr_factor, train  # noqa: E402
 
@@ -263,3 +267,18 @@ def test_state_noise_perturbs_only_the_training_states(
     assert (moved[:2] > 0.1).all() and (moved[2:] == 0).all()
     with pytest.raises(ConfigError, match="indices"):
         TrainConfig(state_noise_dims=(-1,))
+
+
+def test_wrench_history_windows_are_oldest_first_and_pad_the_episode_start() -> None:
+    ep = synthetic_episodes(1, 64, ticks=5)[0]
+    ep.wrench[:] = np.arange(5, dtype=np.float32)[:, None] * np.arange(1, 7, dtype=np.float32)
+    windows = EpisodeWindows([ep], 4, 1, wrench_history=3)
+    fx = [windows[k].wrench.reshape(3, 6)[:, 0].tolist() for k in range(5)]
+    assert fx == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4]]
+    assert windows[4].wrench.shape == (18,)
+    assert np.array_equal(windows[4].wrench[-6:], ep.wrench[4])  # the current tick last
+    stats = NormalizationStats.compute(windows)  # per axis, over every tick of the history
+    assert len(stats.wrench.offset) == 6
+    np.testing.assert_allclose(stats.wrench.offset, np.mean(fx) * np.arange(1, 7), rtol=1e-5)
+    with pytest.raises(ValueError, match="wrench_history"):
+        EpisodeWindows([ep], 4, 1, wrench_history=0)

@@ -210,3 +210,43 @@ def test_bench_loop_runs_the_shipped_policy_by_default() -> None:
     assert Path(result["checkpoint"]).name == "dispense-cpu"
     assert result["cycles"] == 20 and result["chunks_sent_sai"] >= 1
     assert math.isfinite(result["blocking_reduction"])
+
+
+def test_the_force_token_sees_the_last_ticks_oldest_first(tmp_path: Path) -> None:
+    """``model.wrench_history = 3``: every valid tick is observed, chunk or not; a chunk
+    sees the last 3 wrenches up to its observation, padded with the oldest after reset."""
+    from _model_helpers import randomize
+
+    from demuse_ros.model.autoencoder import ConvAutoencoder, ConvAutoencoderConfig
+    from demuse_ros.model.checkpoint import save_policy
+    from demuse_ros.model.config import preset
+    from demuse_ros.model.data import EpisodeWindows, NormalizationStats, synthetic_episodes
+    from demuse_ros.model.dit import DeMUSE
+
+    cfg = preset("tiny")
+    cfg = replace(cfg, model=replace(cfg.model, wrench_history=3))
+    stats = NormalizationStats.compute(
+        EpisodeWindows(synthetic_episodes(2, 64, ticks=6), 4, 1, wrench_history=3)
+    )
+    ae = randomize(ConvAutoencoder(ConvAutoencoderConfig(base_channels=4)))
+    folder = save_policy(tmp_path / "k3", randomize(DeMUSE(cfg.model)).state_dict(), cfg, stats, ae)
+    (policy,) = _policies(str(folder), InferenceConfig(mode="sync"))
+    try:
+        obs = [replace(_obs(i), t_anchor_ns=(i + 1) * 100_000_000) for i in range(6)]
+        w = [o.wrench for o in obs]
+
+        def window(o: Observation) -> np.ndarray:
+            return policy.wrench_window(o).reshape(3, 6)
+
+        policy.reset(obs[0])
+        np.testing.assert_array_equal(window(obs[0]), [w[0], w[0], w[0]])
+        policy.observe(obs[1])
+        policy.observe(obs[1])  # a repeated anchor is not a new tick
+        np.testing.assert_array_equal(window(obs[2]), [w[0], w[1], w[2]])
+        policy.observe(obs[3])
+        np.testing.assert_array_equal(window(obs[4]), [w[2], w[3], w[4]])
+        assert policy.predict(obs[5]).shape == (4, 7)  # the chunk takes (1, 18)
+        policy.reset(obs[5])  # a new episode forgets the last one's contact
+        np.testing.assert_array_equal(window(obs[5]), [w[5], w[5], w[5]])
+    finally:
+        policy.close()

@@ -171,6 +171,27 @@ def test_a_model_chunk_is_collected_without_blocking_the_cycle() -> None:
     assert len(cell.sent) > sent
 
 
+class HistoryPolicy(ScriptedPolicy):
+    """Keeps what ``observe`` hands it (a model's force history)."""
+
+    def reset(self, obs) -> None:
+        self.seen = [obs.frame_number]
+
+    def observe(self, obs) -> None:
+        self.seen.append(obs.frame_number)
+
+
+def test_a_policy_observes_every_valid_tick_not_only_its_chunks() -> None:
+    policy = HistoryPolicy()
+    runtime, cell = _runtime(policy)  # stride 2
+    for _ in range(5):
+        cell.observe()
+        runtime.step()
+    runtime.step()  # no new frame: an invalid tick is not observed
+    assert policy.calls == 3
+    assert policy.seen == [1, 2, 3, 4, 5]
+
+
 def test_bad_chunks_and_invalid_observations_hold_and_are_counted() -> None:
     runtime, cell = _runtime(ScriptedPolicy(nan=True))
     cell.observe()

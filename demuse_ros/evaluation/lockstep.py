@@ -158,6 +158,7 @@ class LockstepCell:
         next_frame = next_ft = self._now()
         frames, since_chunk, started = 0, math.inf, False
         status = twin.plant.task_status()
+        observe = getattr(policy, "observe", None)
         while not status.done and twin.time_s < timeout_s:
             now = self._now()
             self._put_arm(now)
@@ -177,7 +178,9 @@ class LockstepCell:
                     since_chunk += 1
                     if not obs.valid:
                         record.invalid_ticks += 1
-                    elif since_chunk >= self.chunk.stride or plan is None:
+                    elif started and observe is not None:
+                        observe(obs)  # as the runtime: every valid tick, chunk or not
+                    if obs.valid and (since_chunk >= self.chunk.stride or plan is None):
                         if not started:
                             policy.reset(obs)
                             started = True

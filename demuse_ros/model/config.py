@@ -100,6 +100,13 @@ class ModelConfig:
         "d/2 is the width at which xl has the paper's 1.57 B parameters)",
         range=(0.01, 8.0),
     )
+    wrench_history: int = param(
+        1,
+        doc="control ticks of force/torque the force token sees: the current one and the "
+        "K-1 before it, oldest first (1: the current tick only). How long a contact has "
+        "lasted, or whether the force is still rising, is not in one tick",
+        range=(1, 64),
+    )
     modalities: tuple[str, ...] = param(
         OPTIONAL_MODALITIES,
         doc="observation modalities present (any subset of rgb, depth, force); the "
@@ -166,6 +173,11 @@ class ModelConfig:
     def action_in_dim(self) -> int:
         """Size of the proprio + future-actions vector embedded as one token (A.1)."""
         return self.state_dim + self.action_horizon * self.action_dim
+
+    @property
+    def wrench_in_dim(self) -> int:
+        """Size of the force token's input: ``wrench_history`` wrenches of 6."""
+        return 6 * self.wrench_history
 
     @property
     def n_moe_layers(self) -> int:

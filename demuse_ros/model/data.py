@@ -40,7 +40,7 @@ class PolicySample:
 
     rgb: np.ndarray  # (1 + F, H, W, 3) uint8
     depth_m: np.ndarray  # (H, W) float32 metres, at tick k
-    wrench: np.ndarray  # (6,) N, N·m at tick k
+    wrench: np.ndarray  # (6·K,) N, N·m at ticks k-K+1 .. k, oldest first (K = wrench_history)
     state: np.ndarray  # (state_dim,) TCP xyz m, rotvec rad, gripper m at tick k
     actions: np.ndarray  # (H, action_dim) future commands
     task: int
@@ -81,7 +81,8 @@ class EpisodeWindows:
     """A :class:`PolicyDataset` over episodes: one sample per tick of every episode.
 
     Past the end of an episode the last frame and the last action repeat (the arm
-    holds), as in Diffusion Policy's sequence sampler.
+    holds), as in Diffusion Policy's sequence sampler; before its start the first
+    wrench repeats (the runtime pads its wrench history the same way after a reset).
     """
 
     def __init__(
@@ -90,12 +91,16 @@ class EpisodeWindows:
         action_horizon: int,
         n_future_frames: int,
         frame_stride: int = 4,
+        wrench_history: int = 1,
     ) -> None:
+        if wrench_history < 1:
+            raise ValueError(f"wrench_history = {wrench_history}: must be >= 1")
         if not episodes:
             raise ValueError("EpisodeWindows needs at least one episode")
         self.episodes = list(episodes)
         self.action_horizon, self.n_future_frames = action_horizon, n_future_frames
         self.frame_stride = frame_stride
+        self.wrench_history = wrench_history
         self._index = [(e, k) for e, ep in enumerate(self.episodes) for k in range(len(ep.rgb))]
 
     def __len__(self) -> int:
@@ -107,10 +112,11 @@ class EpisodeWindows:
         last = len(ep.rgb) - 1
         frames = [min(k + j * self.frame_stride, last) for j in range(self.n_future_frames + 1)]
         steps = [min(k + i, last) for i in range(self.action_horizon)]
+        past = [max(k - j, 0) for j in range(self.wrench_history - 1, -1, -1)]
         return PolicySample(
             rgb=ep.rgb[frames],
             depth_m=ep.depth_m[k],
-            wrench=ep.wrench[k],
+            wrench=ep.wrench[past].reshape(-1),
             state=ep.state[k],
             actions=ep.actions[steps],
             task=ep.task,
@@ -311,7 +317,8 @@ class NormalizationStats:
         return cls(
             state=Stat.minmax(state),
             actions=Stat.minmax(actions.reshape(-1, actions.shape[-1])),  # every future action
-            wrench=Stat.zscore(np.stack([s.wrench for s in samples])),
+            # per axis over every tick of the history: (6,), applied to each tick alike
+            wrench=Stat.zscore(np.concatenate([s.wrench.reshape(-1, 6) for s in samples])),
             depth_m=Stat.zscore(depth),
             action_encoding=action_encoding,
         )

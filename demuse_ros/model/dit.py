@@ -163,7 +163,7 @@ class DeMUSE(nn.Module):
         Args:
             rgb: ``(B, C·(1+F), h, w)``: current latent (clean), then the noised future latents.
             depth: ``(B, 1, h, w)`` normalized depth at the latent resolution.
-            wrench: ``(B, 6)`` normalized force/torque.
+            wrench: ``(B, 6·K)`` normalized force/torque of the last K ticks (oldest first).
             action: ``(B, state_dim + H·A)``: normalized state, then the noised future actions.
             t_vision, t_action: ``(B,)`` diffusion timesteps of the two noised streams
                 (equal unless DUST).

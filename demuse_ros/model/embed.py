@@ -76,7 +76,7 @@ class HeterogeneousEmbedding(nn.Module):
             self.depth_pool = cfg.depth_patch // cfg.rgb_patch
             self.depth_proj = nn.Conv2d(1, d, kernel_size=cfg.depth_patch, stride=cfg.depth_patch)
         if self.has_force:
-            self.force_proj = nn.Linear(6, d)
+            self.force_proj = nn.Linear(cfg.wrench_in_dim, d)
             pos = sincos_1d(d, np.array([layout.segment(FORCE).start]))
             self.register_buffer(
                 "force_pos", torch.tensor(pos, dtype=torch.float32), persistent=False
@@ -103,7 +103,7 @@ class HeterogeneousEmbedding(nn.Module):
         Args:
             rgb: ``(B, C·(1+F), h, w)`` stacked latents, or None without RGB.
             depth: ``(B, 1, h, w)`` normalized depth at the latent resolution, or None.
-            wrench: ``(B, 6)`` normalized force/torque, or None.
+            wrench: ``(B, 6·K)`` normalized force/torque of the last K ticks, or None.
             action: ``(B, state_dim + H·action_dim)``: state, then the (noised) future actions.
         """
         tokens = []

@@ -33,7 +33,7 @@ def example_inputs(cfg: ModelConfig, batch: int = 1, seed: int = 0) -> tuple[tor
     shapes = {
         "rgb": (batch, cfg.rgb_in_channels, h, h),
         "depth": (batch, 1, h, h),
-        "wrench": (batch, 6),
+        "wrench": (batch, cfg.wrench_in_dim),
         "action": (batch, cfg.action_in_dim),
     }
     out = []

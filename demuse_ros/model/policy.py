@@ -83,6 +83,18 @@ class BatchEncoder:
         d = F.adaptive_avg_pool2d(d, self.cfg.latent_size)
         return self.norm.depth_m.normalize(d)
 
+    def wrench(self, wrench: np.ndarray) -> torch.Tensor:
+        """``(B, 6·K)`` N, N·m (the last K ticks, oldest first) → normalized, tick by tick."""
+        w = self._t(np.asarray(wrench))
+        k = self.cfg.wrench_history
+        if w.ndim != 2 or w.shape[1] != 6 * k:
+            raise ValueError(
+                f"wrench of shape {tuple(w.shape)}: this model takes (batch, {6 * k}), the "
+                f"force/torque of the last {k} control tick(s), oldest first "
+                "(model.wrench_history)"
+            )
+        return self.norm.wrench.normalize(w.reshape(-1, k, 6)).reshape(-1, 6 * k)
+
     def batch(self, samples: Sequence[PolicySample]) -> ModelBatch:
         """Training batch from raw samples (clean targets, normalized)."""
         mods = self.cfg.modalities
@@ -90,9 +102,7 @@ class BatchEncoder:
         return ModelBatch(
             rgb_latents=self.latents(np.stack([s.rgb for s in samples])) if "rgb" in mods else None,
             depth=self.depth(np.stack([s.depth_m for s in samples])) if "depth" in mods else None,
-            wrench=self.norm.wrench.normalize(self._t(np.stack([s.wrench for s in samples])))
-            if "force" in mods
-            else None,
+            wrench=self.wrench(np.stack([s.wrench for s in samples])) if "force" in mods else None,
             state=self.norm.state.normalize(state),
             actions=self.norm.encode_actions(
                 self._t(np.stack([s.actions for s in samples])), state
@@ -109,13 +119,14 @@ class BatchEncoder:
         task: Sequence[int],
     ) -> Conditions:
         """Sampling conditions from the current observation, batched:
-        ``rgb (B, H, W, 3)`` uint8, ``depth_m (B, H, W)``, ``wrench (B, 6)``, ``state (B, S)``.
+        ``rgb (B, H, W, 3)`` uint8, ``depth_m (B, H, W)``, ``wrench (B, 6·K)`` (the last K
+        ticks, oldest first; K = ``wrench_history``), ``state (B, S)``.
         """
         mods = self.cfg.modalities
         return Conditions(
             rgb_latent=self.latents(np.asarray(rgb)[:, None]) if "rgb" in mods else None,
             depth=self.depth(depth_m) if "depth" in mods else None,
-            wrench=self.norm.wrench.normalize(self._t(wrench)) if "force" in mods else None,
+            wrench=self.wrench(wrench) if "force" in mods else None,
             state=self.norm.state.normalize(self._t(state)),
             task=torch.as_tensor(list(task), dtype=torch.long, device=self.device),
         )

@@ -300,7 +300,7 @@ def sampler_example_inputs(
     shapes = {
         "rgb_latent": (batch, cfg.latent_channels, h, h),
         "depth": (batch, 1, h, h),
-        "wrench": (batch, 6),
+        "wrench": (batch, cfg.wrench_in_dim),
         "state": (batch, cfg.state_dim),
         "x_v": (batch, cfg.rgb_out_channels, h, h),
         "x_a": (batch, cfg.action_horizon, cfg.action_dim),

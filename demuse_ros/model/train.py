@@ -231,7 +231,13 @@ class Trainer:
         n_val = round(cfg.val_fraction * len(episodes))  # whole episodes: no leakage
         split = {"train": episodes[n_val:], "val": episodes[:n_val]}
         windows = {
-            name: EpisodeWindows(eps, mcfg.action_horizon, mcfg.n_future_frames, cfg.frame_stride)
+            name: EpisodeWindows(
+                eps,
+                mcfg.action_horizon,
+                mcfg.n_future_frames,
+                cfg.frame_stride,
+                mcfg.wrench_history,
+            )
             for name, eps in split.items()
             if eps
         }

@@ -27,6 +27,7 @@ their actions can be compared (``sai_action_dev``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -162,6 +163,11 @@ class ModelPolicy:
         self.encoder = self.policy.encoder
         self.norm = self.policy.checkpoint.normalization
         self.horizon = self.policy.checkpoint.config.model.action_horizon
+        #: (anchor time ns, wrench) of the latest valid observations, for the force token
+        self.wrench_history = self.policy.checkpoint.config.model.wrench_history
+        self._wrenches: collections.deque[tuple[int, np.ndarray]] = collections.deque(
+            maxlen=self.wrench_history
+        )
         self.name = f"{cfg.mode}:{cfg.backend}:{folder}"
         self.stride = stride
         n = self.n_steps = self.policy.n_steps
@@ -187,6 +193,29 @@ class ModelPolicy:
     def reset(self, obs: Observation) -> None:
         self.chunk_index = 0
         self._speculation = None
+        self._wrenches.clear()  # an episode's history starts at its first tick (as in training)
+        self.observe(obs)
+
+    def observe(self, obs: Observation) -> None:
+        """Every valid control tick's observation, chunk or not: the force token sees the
+        wrenches of the last ``model.wrench_history`` ticks. Repeats of an anchor are ignored."""
+        if obs.wrench is None:
+            return
+        if self._wrenches and obs.t_anchor_ns <= self._wrenches[-1][0]:
+            return
+        self._wrenches.append((obs.t_anchor_ns, np.array(obs.wrench, dtype=np.float64)))
+
+    def wrench_window(self, obs: Observation) -> np.ndarray | None:
+        """``(6·K,)``: the last K observed wrenches up to ``obs``, oldest first; before K
+        ticks have been seen the oldest repeats (training pads an episode's start alike)."""
+        if obs.wrench is None:
+            return None
+        k = self.wrench_history
+        earlier = [w for t, w in self._wrenches if t < obs.t_anchor_ns]
+        earlier = earlier[-(k - 1) :] if k > 1 else []
+        self.observe(obs)
+        window = [*earlier, np.asarray(obs.wrench, dtype=np.float64)]
+        return np.concatenate([window[0]] * (k - len(window)) + window)
 
     def submit(self, obs: Observation) -> _Future:
         """Hand the observation to the worker; the future yields ``(actions, blocking_ms)``.
@@ -202,7 +231,8 @@ class ModelPolicy:
         speculation = pending[1] if pending is not None and pending[0] == k else None
         if speculation is not None and not speculation.done():
             self.speculations_late += 1
-        return self.worker.submit(lambda: self._chunk(obs, speculation, k, t0))
+        wrench = self.wrench_window(obs)  # now, on the caller's thread: the history moves on
+        return self.worker.submit(lambda: self._chunk(obs, wrench, speculation, k, t0))
 
     def predict(self, obs: Observation) -> np.ndarray:
         """:meth:`submit` and wait: the chunk for ``obs``."""
@@ -239,22 +269,30 @@ class ModelPolicy:
         return {"mean_m": float(d.mean()), "max_m": float(d.max()), "chunks": len(devs)}
 
     # ------------------------------------------------------------------ in the worker
-    def _conditions(self, obs: Observation) -> Any:
-        wrench = None if obs.wrench is None else np.asarray(obs.wrench)[None]
+    def _conditions(self, obs: Observation, wrench: np.ndarray | None = None) -> Any:
+        """The observation's conditions; ``wrench`` is its :meth:`wrench_window` (taken
+        from the history now when not given)."""
+        if wrench is None:
+            wrench = self.wrench_window(obs)
         return self.policy.conditions(
             None if obs.rgb is None else obs.rgb[None],
             None if obs.depth_m is None else obs.depth_m[None],
-            wrench,
+            None if wrench is None else wrench[None],
             observation_state(obs)[None],
             [self.config.task],
         )
 
     def _chunk(
-        self, obs: Observation, speculation: _Future | None, k: int, t0_ns: int
+        self,
+        obs: Observation,
+        wrench: np.ndarray | None,
+        speculation: _Future | None,
+        k: int,
+        t0_ns: int,
     ) -> tuple[np.ndarray, float]:
         t_start = time.perf_counter_ns()
         with self._blocking_priority():
-            cond = self._conditions(obs)
+            cond = self._conditions(obs, wrench)
             t_cond = time.perf_counter_ns()
             state = self._finish(cond, speculation, k)
             actions = self.policy.unnormalize(state, cond)[0].astype(np.float64)

@@ -28,7 +28,9 @@ class Policy(Protocol):
     A policy may also offer ``submit(obs) -> ChunkRequest``: the chunk is then
     computed off the control thread and the loop keeps its deadlines while it
     waits (:class:`~demuse_ros.runtime.inference.ModelPolicy` does). Without
-    ``submit``, ``predict`` runs inline in the cycle.
+    ``submit``, ``predict`` runs inline in the cycle. A policy that keeps a history
+    (the force token's past wrenches) may offer ``observe(obs)``: the runtime and the
+    lockstep evaluation hand it every valid observation after ``reset``, chunk or not.
     """
 
     name: str

@@ -125,6 +125,7 @@ class Runtime:
 
     def __init__(self, cell: Any, policy: Policy, config: RuntimeConfig | None = None) -> None:
         self.cell, self.policy = cell, policy
+        self._observe = getattr(policy, "observe", None)  # optional: every valid tick
         self.config = config or RuntimeConfig()
         self.sync = Synchronizer(self.config.sync, cell.camera.ring, cell.ft.ring, cell.arm.ring)
         # No busy spin at the end of the sleep: 10 Hz needs no sub-ms wake precision, and
@@ -195,6 +196,8 @@ class Runtime:
             self._hold("invalid_observation")
             self._abandon()  # a chunk for an older observation must not restart the arm
         else:
+            if self._started and self._observe is not None:
+                self._observe(obs)  # every valid tick, chunk or not (a policy's history)
             if self._pending is None and self._due() and self._previous_finished():
                 if not self._started:
                     self.policy.reset(obs)
