@@ -134,7 +134,7 @@ def _conditions(cfg: Any, device: Any, seed: int = 1) -> Any:
     cond = Conditions(
         torch.randn(1, cfg.latent_channels, h, h, generator=g) if "rgb" in mods else None,
         torch.randn(1, 1, h, h, generator=g) if "depth" in mods else None,
-        torch.randn(1, 6, generator=g) if "force" in mods else None,
+        torch.randn(1, cfg.wrench_in_dim, generator=g) if "force" in mods else None,
         torch.rand(1, cfg.state_dim, generator=g) * 2 - 1,
         torch.tensor([1]),
     )
