@@ -70,10 +70,16 @@ def _record(args: argparse.Namespace) -> int:
 
     _stop_on_sigterm()
     meta = EpisodeMeta(task=args.task, operator=args.operator, notes=args.notes)
+    expert = None
+    if args.expert_hold_s is not None:
+        from demuse_ros.runtime.policies import ExpertPolicy
+
+        expert = ExpertPolicy.default_config(hold_s=args.expert_hold_s)
     result = record_sim(
         _load_sim_config(_sim_args(args)),
         cell_config=_load_cell_config(args),
         recorder_config=_recorder_config(args, args.out),
+        expert_config=expert,
         meta=meta,
         episodes=args.episodes,
         seconds=args.seconds,
@@ -119,6 +125,12 @@ def _add_record(p: argparse.ArgumentParser) -> None:
         default=sys.stdin.isatty(),
         help="s start/stop, d discard, y/n success, r reset, q quit (default: when stdin is a "
         "terminal; otherwise automatic episodes)",
+    )
+    p.add_argument(
+        "--expert-hold-s",
+        type=_positive_float,
+        help="how long the scripted expert holds the force before it lifts (default 0.7 s; "
+        "the task needs 0.5 s in the band)",
     )
     p.add_argument("--json", action="store_true", help="print the session's statistics as JSON")
     p.set_defaults(handler=_record)

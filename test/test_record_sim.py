@@ -101,7 +101,7 @@ def test_demuse_record_sim_records_the_expert(tmp_path: Path, capsys) -> None:
     out = tmp_path / "eps"
     args = ["record", "--sim", "--host", "127.0.0.151", "--seconds", "2", "--no-keyboard"]
     args += ["--out", str(out), "--operator", "ci", "--camera-scale", "0.25", "--json"]
-    assert main(args) == 0
+    assert main([*args, "--expert-hold-s", "1.5"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     (episode,) = result["episodes"]
     assert result["recorder"]["dropped"] == 0 and sum(result["recorder"]["lost"].values()) == 0
@@ -109,5 +109,7 @@ def test_demuse_record_sim_records_the_expert(tmp_path: Path, capsys) -> None:
     with open_episode(episode["path"]) as ep:
         assert ep.metadata["operator"] == "ci" and ep.metadata["policy"] == "expert"
         assert ep.metadata["config"]["policy"] == "expert"
+        expert = ep.metadata["config"]["expert"]  # the demonstrations' expert, as recorded
+        assert expert["hold_s"] == 1.5 and expert["descend_speed_m_s"] == 0.01
         assert ep.counts["action_chunk"] > 0 and ep.counts["camera/color/image_raw"] > 0
         assert next(ep.messages("camera/color/image_raw")).value.shape == (120, 160, 3)

@@ -69,6 +69,7 @@ def record_sim(
     cell_config: Any = None,
     recorder_config: RecorderConfig | None = None,
     runtime_config: Any = None,
+    expert_config: Any = None,
     meta: EpisodeMeta | None = None,
     episodes: int = 1,
     seconds: float | None = None,
@@ -79,7 +80,9 @@ def record_sim(
     """Record the scripted expert on a twin started here (module docstring); returns stats.
 
     ``until_done=False`` keeps automatic episodes running their full ``seconds``
-    after the task ends (the benchmark's fixed duration)."""
+    after the task ends (the benchmark's fixed duration). ``expert_config``: the
+    scripted expert's :class:`~demuse_ros.twin.expert.ExpertConfig` (default: the
+    one ``demuse run --sim --policy expert`` uses)."""
     from demuse_ros.drivers.cell import Cell, CellConfig, sim_cell_config
     from demuse_ros.runtime.scheduler import RuntimeConfig
     from demuse_ros.twin.runner import TwinProcess
@@ -101,6 +104,7 @@ def record_sim(
                 "sim": to_dict(sim_config),
                 "cell": to_dict(cell_config),
                 "runtime": to_dict(runtime_config),
+                **({"expert": to_dict(expert_config)} if expert_config is not None else {}),
             },
         )
     done: list[dict[str, Any]] = []
@@ -127,7 +131,7 @@ def record_sim(
                         base_metadata={"source": "twin", "policy": "expert", "scene": scene},
                     )
                 )
-                session = _Session(twin, cell, recorder, runtime_config, meta, done)
+                session = _Session(twin, cell, recorder, runtime_config, meta, done, expert_config)
                 action = "quit"
                 try:
                     if interactive:
@@ -194,10 +198,12 @@ class _Session:
         runtime_config: Any,
         meta: EpisodeMeta,
         done: list[dict[str, Any]],
+        expert_config: Any = None,
     ) -> None:
         self.twin, self.cell, self.recorder = twin, cell, recorder
         self.rcell = RecordingCell(cell, recorder)
         self.runtime_config, self.meta, self.done = runtime_config, meta, done
+        self.expert_config = expert_config
         self.runtime: Any = None
         self.policy: Any = None
         self.interrupted = False
@@ -207,7 +213,9 @@ class _Session:
         from demuse_ros.runtime.policies import ExpertPolicy
         from demuse_ros.runtime.scheduler import Runtime
 
-        self.policy = ExpertPolicy(self.twin, self.runtime_config.chunk.rate_hz)
+        self.policy = ExpertPolicy(
+            self.twin, self.runtime_config.chunk.rate_hz, config=self.expert_config
+        )
         self.runtime = Runtime(self.rcell, self.policy, self.runtime_config)
 
     def start(self) -> None:

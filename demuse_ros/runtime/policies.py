@@ -104,13 +104,20 @@ class ExpertPolicy:
     name = "expert"
 
     def __init__(self, twin: Any, rate_hz: float, horizon: int = 4, config: Any = None) -> None:
-        from demuse_ros.twin.expert import DispenseExpert, ExpertConfig
+        from demuse_ros.twin.expert import DispenseExpert
 
         self.twin, self.dt_s, self.horizon = twin, 1.0 / rate_hz, horizon
-        # At 10 Hz a contact is seen up to a tick late: descend slower than at 125 Hz.
-        self.expert = DispenseExpert(config or ExpertConfig(descend_speed_m_s=0.01))
+        self.expert = DispenseExpert(config or self.default_config())
         self._t_s = 0.0
         self._target: np.ndarray | None = None
+
+    @staticmethod
+    def default_config(**changes: Any) -> Any:
+        """The expert at the runtime's 10 Hz: a contact is seen up to a tick late, so it
+        descends slower than at 125 Hz; ``changes`` override fields."""
+        from demuse_ros.twin.expert import ExpertConfig
+
+        return ExpertConfig(**{"descend_speed_m_s": 0.01, **changes})
 
     def reset(self, obs: Observation) -> None:
         top = np.asarray(self.twin.call("plunger_top_pose"))[:3]
