@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds models/dispense-cpu from nothing, with the seeds it was built with:
 #   1. 100 scripted-expert demonstrations in the twin, through the real pipeline
-#      (drivers -> synchronizer -> recorder); placements from twin seeds 0..99;
+#      (drivers -> synchronizer -> recorder); placements from twin seeds 0..99; the
+#      expert holds the force for 1.2 s before it lifts;
 #   2. the cpu preset (RGB + depth + force) and the no-force ablation, trained on
 #      the successful ones (train seed 0, config/train.yaml), side by side with one
 #      torch thread each;
@@ -25,9 +26,9 @@ mkdir -p "$W"
 log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 if [ ! -f "$W/demos.json" ]; then
-  log "recording 100 demonstrations into $W/demos (~25 min)"
+  log "recording 100 demonstrations into $W/demos (~32 min)"
   demuse record --sim --episodes 100 --seconds 30 --out "$W/demos" --no-keyboard \
-    --task dispense --operator scripted-expert --json >"$W/demos.json.part"
+    --task dispense --operator scripted-expert --expert-hold-s 1.2 --json >"$W/demos.json.part"
   mv "$W/demos.json.part" "$W/demos.json"
 fi
 
@@ -39,7 +40,7 @@ train() {  # name, extra --set arguments...
   demuse train --out "$W/$name" --recordings "$W/demos" --successful-only --no-progress \
     --set threads=1 --set steps=6000 --set model.latent_channels=8 \
     --set model.rgb_summary=true --set standardize_latents=true \
-    --set state_noise=0.3 \
+    --set state_noise=0.3 --set model.wrench_history=8 \
     --set autoencoder_steps=800 --set autoencoder_foreground_weight=20 \
     "$@" "${resume[@]}" >>"$W/$name.log" 2>&1
 }

@@ -261,5 +261,7 @@ def test_the_shipped_default_policy_loads_and_acts() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (1, 480, 640, 3), dtype=np.uint8)
     state = np.array([[-0.65, -0.15, 0.25, -2.2214, -2.2214, 0.0, 0.05]])
-    actions = policy.predict(rgb, np.ones((1, 480, 640)), np.zeros((1, 6)), state, [0])
+    actions = policy.predict(
+        rgb, np.ones((1, 480, 640)), np.zeros((1, cfg.wrench_in_dim)), state, [0]
+    )
     assert actions.shape == (1, cfg.action_horizon, 7) and np.isfinite(actions).all()
