@@ -12,7 +12,7 @@
 #
 #   bash models/reproduce.sh [WORKDIR]        (default runs/reproduce)
 #
-# About 2 h on a 2-core machine (see models/README.md for the measured times).
+# About 1 h 30 min on a 2-core machine (see models/README.md for the measured times).
 # Steps whose output exists are skipped, so an interrupted run continues where it
 # stopped (a training run resumes with --resume). The recordings go through the
 # real-time pipeline, so they are not bit-identical between runs (timing jitter);
